@@ -1,0 +1,23 @@
+"""What every stage shares: argument parsing, params loading and one-line user errors."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from alphagan.config import Params, load_params
+from alphagan.errors import AlphaGanError
+
+
+def stage_main(name: str, body: Callable[[Params], None], argv: Sequence[str] | None) -> int:
+    """Parse ``--params``, load them, run ``body``; an :class:`AlphaGanError` becomes one line on stderr."""
+    parser = argparse.ArgumentParser(prog=f"python -m pipelines.{name}", description=f"alpha-gan {name} stage")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    args = parser.parse_args(argv)
+    try:
+        body(load_params(args.params))
+    except AlphaGanError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0

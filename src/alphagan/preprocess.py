@@ -1,0 +1,88 @@
+"""Turn accepted images into training-ready uint8 arrays and a deterministic split.
+
+Outputs ``train.npy`` and ``val.npy`` (N x H x W x 3, uint8, memory-mappable with
+``np.load(..., mmap_mode="r")``) and ``index.csv`` mapping each row back to its source.
+Decoding is spread over processes; each writes nothing but returns its array, and the
+parent fills a pre-allocated memmap so memory stays flat however many images there are.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+from multiprocessing import Pool
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from alphagan.config import PrepareParams
+from alphagan.errors import AlphaGanError
+from alphagan.imaging import prepare_image
+
+
+class PrepareError(AlphaGanError):
+    """No usable images, or an accepted image failed to decode on the second read."""
+
+
+def split_indices(count: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shuffled (train, val) row indices; deterministic in ``seed``.
+
+    With ``val_fraction > 0`` and at least two images, val holds at least one image and
+    train keeps at least one.
+    """
+    order = np.random.default_rng(seed).permutation(count)
+    val_count = int(round(count * val_fraction))
+    if val_fraction > 0 and count >= 2:
+        val_count = min(max(val_count, 1), count - 1)
+    return np.sort(order[val_count:]), np.sort(order[:val_count])
+
+
+def _load(path: str, root: str, size: int, params: PrepareParams) -> np.ndarray:
+    try:
+        return prepare_image(Path(root) / path, size, params.fit, params.background, params.resample)
+    except Exception as exc:  # noqa: BLE001 - a plain message always pickles back from a worker
+        raise PrepareError(f"{path}: {type(exc).__name__}: {exc}") from None
+
+
+def load_arrays(root: Path, paths: list[str], size: int, params: PrepareParams, out_file: Path) -> None:
+    """Decode ``paths`` (relative to ``root``) into a new ``.npy`` at ``out_file``, in order."""
+    array = np.lib.format.open_memmap(out_file, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+    work = partial(_load, root=str(root), size=size, params=params)
+    workers = params.workers or os.cpu_count() or 1
+    desc = f"prepare {Path(out_file).stem}"
+    try:
+        if workers == 1 or len(paths) < 64:
+            for row, path in enumerate(tqdm(paths, desc=desc, unit="img")):
+                array[row] = work(path)
+        else:
+            with Pool(workers) as pool:
+                results = pool.imap(work, paths, chunksize=64)
+                for row, image in enumerate(tqdm(results, total=len(paths), desc=desc, unit="img")):
+                    array[row] = image
+    except PrepareError as exc:
+        raise PrepareError(f"an accepted image failed to prepare: {exc}") from None
+    array.flush()
+    del array
+
+
+def prepare_dataset(manifest_csv: Path, raw_dir: Path, out_dir: Path, image_size: int, params: PrepareParams, seed: int) -> dict[str, Any]:
+    """Write ``train.npy``, ``val.npy`` and ``index.csv`` from the accepted rows of the manifest."""
+    manifest = pd.read_csv(manifest_csv, dtype={"path": str, "sha256": str}, keep_default_na=False)
+    accepted = manifest[manifest["accepted"].astype(str).str.lower() == "true"].sort_values("path")
+    if accepted.empty:
+        raise PrepareError(f"{manifest_csv} accepts no images; nothing to prepare")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = accepted["path"].tolist()
+    hashes = accepted["sha256"].tolist()
+    train_rows, val_rows = split_indices(len(paths), params.val_fraction, seed)
+    index = []
+    for split, rows in (("train", train_rows), ("val", val_rows)):
+        split_paths = [paths[i] for i in rows]
+        load_arrays(Path(raw_dir), split_paths, image_size, params, out_dir / f"{split}.npy")
+        index += [{"split": split, "row": r, "path": paths[i], "sha256": hashes[i]} for r, i in enumerate(rows)]
+    pd.DataFrame(index, columns=["split", "row", "path", "sha256"]).to_csv(out_dir / "index.csv", index=False)
+    return {"train": int(len(train_rows)), "val": int(len(val_rows)), "image_size": image_size}

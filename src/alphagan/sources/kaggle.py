@@ -1,0 +1,57 @@
+"""The Kaggle Anime Face Dataset (``splcher/animefacedataset``) through kagglehub.
+
+The handle is pinned to a version: kagglehub then serves it from ``$KAGGLEHUB_CACHE``
+without calling the API, so a machine that downloaded it once works offline.
+Credentials come from kagglehub's usual places (``KAGGLE_USERNAME``/``KAGGLE_KEY``,
+``KAGGLE_API_TOKEN``, ``~/.kaggle/kaggle.json``); they never reach an output or a log.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from tqdm import tqdm
+
+from alphagan.sources import SourceError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+HELP = (
+    "could not download Kaggle dataset {handle} ({kind}). Either set Kaggle credentials "
+    "(KAGGLE_USERNAME and KAGGLE_KEY, or ~/.kaggle/kaggle.json) on a machine with network, "
+    "or download the archive from https://www.kaggle.com/datasets/splcher/animefacedataset "
+    "yourself and run with data.source=folder and data.folder.path=<archive.zip>"
+)
+
+
+def download_dataset(handle: str) -> Path:
+    """The local directory of the dataset version (downloaded unless already cached)."""
+    import kagglehub
+    import requests
+
+    try:
+        return Path(kagglehub.dataset_download(handle))
+    except requests.exceptions.ConnectionError:
+        kind = "no network"
+    except requests.exceptions.HTTPError as exc:
+        status = getattr(exc.response, "status_code", None)
+        kind = {401: "credentials refused", 403: "access refused; accept the dataset's terms on kaggle.com",
+                404: "no such dataset version"}.get(status, f"HTTP {status}")
+    except Exception as exc:  # kagglehub raises many kinds; none should become a traceback
+        # Only the class name: an exception's text could echo a credential.
+        kind = f"{type(exc).__name__}"
+    raise SourceError(HELP.format(handle=handle, kind=kind))
+
+
+def fetch_kaggle(handle: str, out_dir: Path) -> int:
+    """Copy the dataset's images (bytes untouched) into ``out_dir``, keeping their relative paths."""
+    root = download_dataset(handle)
+    images = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise SourceError(f"Kaggle dataset {handle} at {root} holds no images")
+    for path in tqdm(images, desc="copy kaggle", unit="img"):
+        target = out_dir / path.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    return len(images)

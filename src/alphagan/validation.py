@@ -1,0 +1,202 @@
+"""Validate raw images: a metadata table of every file, judged by a Great Expectations suite.
+
+The scan (:func:`scan_images`) records what each file is; the suite
+(:func:`build_expectations`) is built from ``validate`` params; GX decides which rows
+fail which expectation, and :func:`judge` turns that into one ``accepted``/``reason``
+per file. Every file seen gets exactly one row. This is the only module that imports
+great_expectations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from functools import partial
+from multiprocessing import Pool
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+from tqdm import tqdm
+
+from alphagan.config import ValidateParams
+from alphagan.errors import AlphaGanError
+from alphagan.imaging import inspect_file
+
+SCAN_COLUMNS = [
+    "path", "bytes", "sha256", "format", "mode", "width", "height", "short_side", "long_side",
+    "aspect_ratio", "frames", "exif_orientation", "pixel_std", "decodable", "error", "duplicate_of",
+]
+SUITE_NAME = "raw_images"
+
+
+class ValidationFailed(AlphaGanError):
+    """Too many files were rejected; outputs were still written for inspection."""
+
+
+def list_files(root: Path) -> list[Path]:
+    """Every regular file below ``root``, in a deterministic (sorted) order."""
+    return sorted(p for p in Path(root).rglob("*") if p.is_file())
+
+
+def _inspect(path: str, root: str, max_pixels: int, draft_size: int) -> dict[str, Any]:
+    row = inspect_file(Path(root) / path, max_pixels, draft_size)
+    row["path"] = path
+    return row
+
+
+def scan_images(root: Path, params: ValidateParams, draft_size: int = 64, workers: int = 0) -> pd.DataFrame:
+    """One row per file below ``root`` with the columns in :data:`SCAN_COLUMNS`.
+
+    ``path`` is relative to ``root`` (POSIX separators). Later copies of identical bytes
+    name their first copy in ``duplicate_of``.
+    """
+    root = Path(root)
+    paths = [p.relative_to(root).as_posix() for p in list_files(root)]
+    work = partial(_inspect, root=str(root), max_pixels=params.max_pixels, draft_size=draft_size)
+    workers = workers or os.cpu_count() or 1
+    if workers == 1 or len(paths) < 64:
+        rows = [work(p) for p in tqdm(paths, desc="scan", unit="file")]
+    else:
+        with Pool(workers) as pool:
+            rows = list(tqdm(pool.imap(work, paths, chunksize=32), total=len(paths), desc="scan", unit="file"))
+    table = pd.DataFrame(rows, columns=[c for c in SCAN_COLUMNS if c not in ("short_side", "long_side", "duplicate_of")])
+    for column in ("bytes", "width", "height", "frames", "exif_orientation"):
+        table[column] = table[column].astype("Int64")
+    for column in ("aspect_ratio", "pixel_std"):
+        table[column] = table[column].astype("Float64")
+    table["decodable"] = table["decodable"].astype(bool)
+    table["error"] = table["error"].fillna("").astype(str)
+    table["short_side"] = table[["width", "height"]].min(axis=1, skipna=False).astype("Int64")
+    table["long_side"] = table[["width", "height"]].max(axis=1, skipna=False).astype("Int64")
+    first_path_of_hash = table.dropna(subset=["sha256"]).drop_duplicates("sha256").set_index("sha256")["path"]
+    first = table["sha256"].map(first_path_of_hash)
+    table["duplicate_of"] = first.where(first.notna() & (first != table["path"]), None).astype(object)
+    return table[SCAN_COLUMNS]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One expectation and how to say, for a failing row, why that row was rejected."""
+
+    code: str  # short class of the rejection, for counting: "too_small", "duplicate", ...
+    expectation: Any
+    reason: Callable[[pd.Series], str]
+
+
+def build_expectations(params: ValidateParams) -> list[Check]:
+    """The suite, from params. Order matters only for the order of reasons in a row."""
+    import great_expectations as gx
+
+    e = gx.expectations
+    formats, modes = sorted(params.allowed_formats), sorted(params.allowed_modes)
+    return [
+        Check("not_decodable", e.ExpectColumnValuesToBeInSet(column="decodable", value_set=[True]),
+              lambda r: f"not decodable: {r['error']}"),
+        Check("format", e.ExpectColumnValuesToBeInSet(column="format", value_set=formats),
+              lambda r: f"format {r['format']} not allowed (allowed: {', '.join(formats)})"),
+        Check("mode", e.ExpectColumnValuesToBeInSet(column="mode", value_set=modes),
+              lambda r: f"colour mode {r['mode']} not allowed (allowed: {', '.join(modes)})"),
+        Check("too_small", e.ExpectColumnValuesToBeBetween(column="short_side", min_value=params.min_side),
+              lambda r: f"too small: {r['width']}x{r['height']} px, shorter side below {params.min_side} px"),
+        Check("too_large", e.ExpectColumnValuesToBeBetween(column="long_side", max_value=params.max_side),
+              lambda r: f"too large: {r['width']}x{r['height']} px, longer side above {params.max_side} px"),
+        Check("aspect_ratio", e.ExpectColumnValuesToBeBetween(column="aspect_ratio", min_value=params.min_aspect, max_value=params.max_aspect),
+              lambda r: f"aspect ratio {r['aspect_ratio']:.2f} outside {params.min_aspect}..{params.max_aspect}"),
+        Check("animated", e.ExpectColumnValuesToBeInSet(column="frames", value_set=[1]),
+              lambda r: f"animated ({r['frames']} frames); only still images are used"),
+        Check("blank", e.ExpectColumnValuesToBeBetween(column="pixel_std", min_value=params.min_pixel_std),
+              lambda r: f"blank: pixel standard deviation {r['pixel_std']:.2f} below {params.min_pixel_std}"),
+        Check("duplicate", e.ExpectColumnValuesToBeNull(column="duplicate_of"),
+              lambda r: f"duplicate of {r['duplicate_of']}"),
+    ]
+
+
+def run_suite(table: pd.DataFrame, checks: list[Check], docs_dir: Path | None = None) -> Any:
+    """Run the suite on the table with Great Expectations; optionally build Data Docs HTML."""
+    import great_expectations as gx
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = {"globally": False, "metric_calculations": False}
+    batch = context.data_sources.add_pandas("images").add_dataframe_asset("scan").add_batch_definition_whole_dataframe("all")
+    suite = context.suites.add(gx.ExpectationSuite(name=SUITE_NAME))
+    for check in checks:
+        suite.add_expectation(check.expectation)
+    definition = context.validation_definitions.add(gx.ValidationDefinition(name=SUITE_NAME, data=batch, suite=suite))
+    actions = []
+    if docs_dir is not None:
+        site_config = {
+            "class_name": "SiteBuilder",
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(Path(docs_dir).resolve())},
+        }
+        context.add_data_docs_site(site_name="alphagan_docs", site_config=site_config)
+        actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["alphagan_docs"]))
+    checkpoint = context.checkpoints.add(gx.Checkpoint(
+        name=SUITE_NAME, validation_definitions=[definition], actions=actions,
+        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["path"]},
+    ))
+    result = checkpoint.run(batch_parameters={"dataframe": table})
+    return next(iter(result.run_results.values()))
+
+
+def judge(table: pd.DataFrame, checks: list[Check], validation_result: Any) -> pd.DataFrame:
+    """The manifest: the scan plus ``accepted`` and ``reason`` (all failed checks, '; '-joined)."""
+    reasons: dict[str, list[str]] = {path: [] for path in table["path"]}
+    codes: dict[str, list[str]] = {path: [] for path in table["path"]}
+    by_path = table.set_index("path")
+    for check, outcome in zip(checks, validation_result.results, strict=True):
+        for failing in outcome.result.get("unexpected_index_list") or []:
+            path = failing["path"]
+            reasons[path].append(check.reason(by_path.loc[path]))
+            codes[path].append(check.code)
+    manifest = table.copy()
+    manifest.insert(1, "reason", ["; ".join(reasons[p]) for p in manifest["path"]])
+    manifest.insert(1, "reason_code", [(codes[p] or [""])[0] for p in manifest["path"]])
+    manifest.insert(1, "accepted", manifest["reason"] == "")
+    return manifest
+
+
+def summarise(manifest: pd.DataFrame) -> dict[str, Any]:
+    """Counts for the summary JSON: seen, accepted, rejected, rejected by reason class."""
+    rejected = manifest.loc[~manifest["accepted"], "reason_code"]
+    by_reason = Counter(rejected)
+    seen = int(len(manifest))
+    return {
+        "files_seen": seen,
+        "accepted": int(manifest["accepted"].sum()),
+        "rejected": int(len(rejected)),
+        "rejected_fraction": float(len(rejected) / seen) if seen else 0.0,
+        "rejected_by_reason": dict(sorted(by_reason.items())),
+    }
+
+
+def validate_images(raw_dir: Path, params: ValidateParams, out_dir: Path, report_dir: Path, draft_size: int = 64) -> dict[str, Any]:
+    """Scan, validate and write ``manifest.csv``, the GX result, Data Docs and a summary.
+
+    Raises :class:`ValidationFailed` (after writing everything) when the rejected
+    fraction is above ``params.max_reject_fraction``.
+    """
+    out_dir, report_dir = Path(out_dir), Path(report_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    table = scan_images(raw_dir, params, draft_size=draft_size)
+    if table.empty:
+        raise ValidationFailed(f"{raw_dir} holds no files; nothing to validate")
+    checks = build_expectations(params)
+    result = run_suite(table, checks, docs_dir=report_dir / "data_docs")
+    manifest = judge(table, checks, result)
+    manifest.to_csv(out_dir / "manifest.csv", index=False)
+    (report_dir / "gx_result.json").write_text(json.dumps(result.to_json_dict(), indent=1, default=str), encoding="utf-8")
+    summary = summarise(manifest)
+    summary["max_reject_fraction"] = params.max_reject_fraction
+    (report_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    if summary["rejected_fraction"] > params.max_reject_fraction:
+        raise ValidationFailed(
+            f"{summary['rejected']} of {summary['files_seen']} files rejected "
+            f"({summary['rejected_fraction']:.1%} > validate.max_reject_fraction {params.max_reject_fraction:.1%}); "
+            f"see {out_dir / 'manifest.csv'} for the reason of each"
+        )
+    return summary
