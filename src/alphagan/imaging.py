@@ -106,7 +106,8 @@ def inspect_image(data: bytes, max_pixels: int, draft_size: int) -> dict[str, An
         image.load()  # full decode: truncated or corrupt data fails here
         small = to_rgb(image)
         small.thumbnail((64, 64))
-        row["pixel_std"] = float(np.asarray(small, dtype=np.float32).std())
+        # Per-channel spread, averaged: a flat colour is blank whatever its hue.
+        row["pixel_std"] = float(np.asarray(small, dtype=np.float32).reshape(-1, 3).std(axis=0).mean())
         row["decodable"] = True
     except ImageRejected as exc:
         row["error"] = str(exc)

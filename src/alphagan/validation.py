@@ -38,7 +38,8 @@ class ValidationFailed(AlphaGanError):
 
 def list_files(root: Path) -> list[Path]:
     """Every regular file below ``root``, in a deterministic (sorted) order."""
-    return sorted(p for p in Path(root).rglob("*") if p.is_file())
+    # Dangling links count too: they are files the user gave us that cannot be read.
+    return sorted(p for p in Path(root).rglob("*") if p.is_file() or p.is_symlink())
 
 
 def _inspect(path: str, root: str, max_pixels: int, draft_size: int) -> dict[str, Any]:

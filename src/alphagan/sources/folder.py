@@ -117,6 +117,7 @@ def extract_archive(path: Path, out_dir: Path) -> int:
             total += entry.size
         if total > MAX_ARCHIVE_BYTES:
             raise UnsafeArchiveError(f"{path} declares {total} uncompressed bytes (limit {MAX_ARCHIVE_BYTES}); refusing the archive")
+        out_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=out_dir.parent))
         try:
             written = 0

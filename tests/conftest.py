@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny params written to a temporary project directory."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "seed": 7,
+    "data": {"source": "dicebear", "image_size": 16, "dicebear": {"count": 24, "styles": ["adventurer", "lorelei"]}},
+    "validate": {"min_side": 8, "max_reject_fraction": 0.5},
+    "prepare": {"val_fraction": 0.25, "workers": 1},
+}
+
+
+def deep_update(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        merged[key] = deep_update(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+@pytest.fixture
+def write_params(tmp_path):
+    """Write params (tiny defaults + overrides) with all paths under tmp_path; returns the file."""
+
+    def write(overrides: dict | None = None, name: str = "params.yaml") -> Path:
+        paths = {k: str(tmp_path / v) for k, v in
+                 {"raw": "data/raw", "validated": "data/validated", "prepared": "data/prepared",
+                  "models": "models", "reports": "reports"}.items()}
+        params = deep_update({**TINY, "paths": paths}, overrides or {})
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(params), encoding="utf-8")
+        return path
+
+    return write

@@ -1,0 +1,58 @@
+import pytest
+import yaml
+
+from alphagan.config import ConfigError, flatten, load_params, parse_params
+from tests.conftest import REPO_ROOT
+
+
+def test_repo_params_load_with_their_values():
+    params = load_params(REPO_ROOT / "params.yaml")
+    assert params.data.source == "dicebear"
+    assert params.data.kaggle.handle == "splcher/animefacedataset/versions/3"
+    assert params.validate_params.max_reject_fraction == 0.2
+    assert params.as_dict()["validate"]["min_side"] == params.validate_params.min_side
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"data": {"imagesize": 64}}, ["data.imagesize", "unknown key"]),
+        ({"data": {"image_size": 50}}, ["data.image_size = 50", "16", "256"]),
+        ({"data": {"image_size": "64"}}, ["data.image_size = '64'"]),
+        ({"validate": {"max_reject_fraction": 1.5}}, ["validate.max_reject_fraction = 1.5", "less than or equal to 1"]),
+        ({"data": {"dicebear": {"styles": ["nope"]}}}, ["data.dicebear", "unknown style", "nope", "adventurer"]),
+        ({"data": {"source": "folder"}}, ["data.folder.path is empty"]),
+        ({"prepare": {"background": [0, 0, 300]}}, ["prepare", "0..255"]),
+    ],
+)
+def test_bad_params_name_key_value_and_allowed(raw, expected):
+    with pytest.raises(ConfigError) as info:
+        parse_params(raw)
+    message = str(info.value)
+    assert "\n" not in message
+    for part in expected:
+        assert part in message
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    broken = tmp_path / "p.yaml"
+    broken.write_text("data: [unclosed", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(broken)
+    with pytest.raises(ConfigError, match="no such params file"):
+        load_params(tmp_path / "missing.yaml")
+
+
+def test_stage_stops_before_work_on_bad_params(tmp_path, capsys):
+    from pipelines import fetch
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"data": {"image_size": 48}, "paths": {"raw": str(tmp_path / "raw")}}))
+    assert fetch.main(["--params", str(params)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fetch: error: data.image_size = 48")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_flatten_joins_lists():
+    assert flatten({"a": {"b": 1, "c": [1, 2]}}) == {"a.b": 1, "a.c": "1,2"}
