@@ -45,11 +45,16 @@ def import_folder(path: Path, out_dir: Path) -> int:
 
 
 def _copy_tree(root: Path, out_dir: Path) -> int:
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    files = sorted(p for p in root.rglob("*") if (p.is_file() or p.is_symlink())
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
     for source in tqdm(files, desc="copy folder", unit="file"):
         target = out_dir / source.relative_to(root)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
+        if source.is_symlink() and not source.exists():
+            # Keep a dangling link as it is, so validate reports it instead of it vanishing.
+            target.symlink_to(source.readlink())
+        else:
+            shutil.copyfile(source, target)
     return len(files)
 
 

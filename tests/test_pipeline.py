@@ -1,0 +1,102 @@
+"""The stages end to end: through each main(argv), and through `dvc repro` in a git copy of the repo."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pipelines import fetch, prepare, validate
+from tests.conftest import REPO_ROOT, TINY
+
+BIN = Path(sys.executable).parent
+
+
+def test_stages_chain_through_main(write_params, tmp_path):
+    params = str(write_params())
+    assert fetch.main(["--params", params]) == 0
+    assert len(list((tmp_path / "data/raw").rglob("*.png"))) == 24
+    assert validate.main(["--params", params]) == 0
+    summary = json.loads((tmp_path / "reports/validate/summary.json").read_text())
+    assert summary["files_seen"] == 24 and summary["accepted"] == 24
+    assert prepare.main(["--params", params]) == 0
+    train = np.load(tmp_path / "data/prepared/train.npy")
+    val = np.load(tmp_path / "data/prepared/val.npy")
+    assert train.shape == (18, 16, 16, 3) and val.shape == (6, 16, 16, 3)
+    # Cartoon faces on coloured backgrounds, not blank frames.
+    assert train.reshape(len(train), -1).std(axis=1).min() > 10
+
+
+def test_folder_source_with_odd_files_runs_through(write_params, tmp_path):
+    from tests.oddfiles import make_odd_files
+
+    make_odd_files(tmp_path / "mine")
+    params = str(write_params({"data": {"source": "folder", "folder": {"path": str(tmp_path / "mine")}}}))
+    assert fetch.main(["--params", params]) == 0
+    assert validate.main(["--params", params]) == 0
+    assert prepare.main(["--params", params]) == 0
+    index = pd.read_csv(tmp_path / "data/prepared/index.csv")
+    assert len(index) == 11
+
+
+def test_validate_fails_clearly_over_reject_fraction(write_params, tmp_path, capsys):
+    from tests.oddfiles import make_odd_files
+
+    make_odd_files(tmp_path / "mine")
+    params = str(write_params({"data": {"source": "folder", "folder": {"path": str(tmp_path / "mine")}},
+                               "validate": {"max_reject_fraction": 0.05}}))
+    assert fetch.main(["--params", params]) == 0
+    assert validate.main(["--params", params]) == 1
+    assert "validate: error: 9 of 20 files rejected" in capsys.readouterr().err
+
+
+def git_copy_of_repo(target: Path) -> dict:
+    """The tracked files of this repo in a fresh git repository with one commit; returns its env."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        if (REPO_ROOT / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / name, target / name)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@example.invalid",
+           "GIT_COMMITTER_NAME": "ci", "GIT_COMMITTER_EMAIL": "ci@example.invalid", "MLFLOW_DISABLE_TELEMETRY": "true",
+           "PYTHONPATH": str(target)}
+    subprocess.run(["git", "init", "-q"], cwd=target, check=True, env=env)
+    return env
+
+
+def write_tiny_repo_params(target: Path, overrides: dict | None = None) -> None:
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    for section, values in {**TINY, **(overrides or {})}.items():
+        if isinstance(values, dict):
+            for key, value in values.items():
+                if isinstance(value, dict):
+                    params[section][key].update(value)
+                else:
+                    params[section][key] = value
+        else:
+            params[section] = values
+    (target / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_data_stages_and_is_idempotent(tmp_path):
+    env = git_copy_of_repo(tmp_path)
+    write_tiny_repo_params(tmp_path)
+    subprocess.run(["git", "add", "-A"], cwd=tmp_path, check=True, env=env)
+    subprocess.run(["git", "commit", "-qm", "init"], cwd=tmp_path, check=True, env=env)
+    first = subprocess.run([str(BIN / "dvc"), "repro", "prepare"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert (tmp_path / "data/prepared/train.npy").exists()
+    assert (tmp_path / "data/validated/manifest.csv").exists()
+    assert (tmp_path / "reports/validate/data_docs/index.html").exists()
+    second = subprocess.run([str(BIN / "dvc"), "repro", "prepare"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr
+    assert "didn't change, skipping" in second.stdout and "Running stage" not in second.stdout
+    dag = subprocess.run([str(BIN / "dvc"), "dag", "prepare"], cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout
+    assert all(stage in dag for stage in ("fetch", "validate", "prepare"))
