@@ -80,7 +80,7 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
         rgba = image.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (*background, 255))
         return Image.alpha_composite(canvas, rgba).convert("RGB")
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def inspect_image(data: bytes, max_pixels: int, draft_size: int) -> dict[str, Any]:
@@ -133,19 +133,20 @@ def prepare_image(
 ) -> np.ndarray:
     """One file to a ``(size, size, 3)`` uint8 array: orientation, RGB, crop or pad, resize."""
     image = open_image(Path(path).read_bytes(), max_pixels, draft_size=size)
-    image = ImageOps.exif_transpose(image)
+    if exif_orientation(image) != 1:
+        image = ImageOps.exif_transpose(image)
     image = to_rgb(image, background)
     width, height = image.size
     if fit == "crop":
+        # Crop and resize in one pass (resize's box): no intermediate copy.
         side = min(width, height)
-        left, top = (width - side) // 2, (height - side) // 2
-        image = image.crop((left, top, left + side, top + side))
+        left, top = (width - side) / 2, (height - side) / 2
+        box = (left, top, left + side, top + side)
     else:
         side = max(width, height)
         canvas = Image.new("RGB", (side, side), background)
         canvas.paste(image, ((side - width) // 2, (side - height) // 2))
-        image = canvas
-    if image.size != (size, size):
-        # reducing_gap: a cheap box reduction first, then the filter; visually the same.
-        image = image.resize((size, size), RESAMPLING[resample], reducing_gap=3.0)
+        image, box = canvas, (0, 0, side, side)
+    if image.size != (size, size) or box != (0, 0, size, size):
+        image = image.resize((size, size), RESAMPLING[resample], box=box)
     return np.asarray(image, dtype=np.uint8)

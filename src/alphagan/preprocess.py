@@ -47,25 +47,42 @@ def _load(path: str, root: str, size: int, params: PrepareParams) -> np.ndarray:
         raise PrepareError(f"{path}: {type(exc).__name__}: {exc}") from None
 
 
-def load_arrays(root: Path, paths: list[str], size: int, params: PrepareParams, out_file: Path) -> None:
-    """Decode ``paths`` (relative to ``root``) into a new ``.npy`` at ``out_file``, in order."""
-    array = np.lib.format.open_memmap(out_file, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
-    work = partial(_load, root=str(root), size=size, params=params)
-    workers = params.workers or os.cpu_count() or 1
-    desc = f"prepare {Path(out_file).stem}"
+def _fill_rows(job: tuple[str, int, list[str]], root: str, size: int, params: PrepareParams) -> int:
+    """Worker: decode a run of paths straight into rows of a ``.npy`` (nothing pickled back)."""
+    out_file, start, paths = job
+    array = np.load(out_file, mmap_mode="r+")
+    for offset, path in enumerate(paths):
+        array[start + offset] = _load(path, root, size, params)
+    array.flush()
+    return len(paths)
+
+
+def load_arrays(root: Path, outputs: dict[Path, list[str]], size: int, params: PrepareParams) -> None:
+    """Decode each list of paths (relative to ``root``) into a new ``.npy`` file, rows in list order.
+
+    One process pool serves every output; each worker writes its rows into the memmap
+    itself, so only file names cross process boundaries.
+    """
+    for out_file, paths in outputs.items():
+        np.lib.format.open_memmap(out_file, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3)).flush()
+    total = sum(len(paths) for paths in outputs.values())
+    workers = min(params.workers or os.cpu_count() or 1, max(1, total // 64))
+    # Few large runs: with small ones, per-task overhead rather than decoding limits scaling.
+    chunk = max(64, -(-total // (workers * 4)))
+    jobs = [(str(out_file), start, paths[start:start + chunk])
+            for out_file, paths in outputs.items() for start in range(0, len(paths), chunk)]
+    work = partial(_fill_rows, root=str(root), size=size, params=params)
     try:
-        if workers == 1 or len(paths) < 64:
-            for row, path in enumerate(tqdm(paths, desc=desc, unit="img")):
-                array[row] = work(path)
-        else:
-            with Pool(workers) as pool:
-                results = pool.imap(work, paths, chunksize=64)
-                for row, image in enumerate(tqdm(results, total=len(paths), desc=desc, unit="img")):
-                    array[row] = image
+        with tqdm(total=total, desc="prepare", unit="img") as progress:
+            if workers == 1:
+                for job in jobs:
+                    progress.update(work(job))
+            else:
+                with Pool(workers) as pool:
+                    for done in pool.imap_unordered(work, jobs):
+                        progress.update(done)
     except PrepareError as exc:
         raise PrepareError(f"an accepted image failed to prepare: {exc}") from None
-    array.flush()
-    del array
 
 
 def prepare_dataset(manifest_csv: Path, raw_dir: Path, out_dir: Path, image_size: int, params: PrepareParams, seed: int) -> dict[str, Any]:
@@ -79,10 +96,10 @@ def prepare_dataset(manifest_csv: Path, raw_dir: Path, out_dir: Path, image_size
     paths = accepted["path"].tolist()
     hashes = accepted["sha256"].tolist()
     train_rows, val_rows = split_indices(len(paths), params.val_fraction, seed)
-    index = []
-    for split, rows in (("train", train_rows), ("val", val_rows)):
-        split_paths = [paths[i] for i in rows]
-        load_arrays(Path(raw_dir), split_paths, image_size, params, out_dir / f"{split}.npy")
-        index += [{"split": split, "row": r, "path": paths[i], "sha256": hashes[i]} for r, i in enumerate(rows)]
+    splits = {"train": train_rows, "val": val_rows}
+    load_arrays(Path(raw_dir), {out_dir / f"{split}.npy": [paths[i] for i in rows] for split, rows in splits.items()},
+                image_size, params)
+    index = [{"split": split, "row": r, "path": paths[i], "sha256": hashes[i]}
+             for split, rows in splits.items() for r, i in enumerate(rows)]
     pd.DataFrame(index, columns=["split", "row", "path", "sha256"]).to_csv(out_dir / "index.csv", index=False)
     return {"train": int(len(train_rows)), "val": int(len(val_rows)), "image_size": image_size}
