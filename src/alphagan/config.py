@@ -164,6 +164,14 @@ class Params(_Section):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
 
+    @model_validator(mode="after")
+    def _feature_layer_fits_depth(self) -> Params:
+        depth = (self.data.image_size // 4).bit_length() - 1
+        if self.train.feature_layer > depth:
+            raise ValueError(f"train.feature_layer {self.train.feature_layer} exceeds the discriminator's "
+                             f"{depth} blocks at data.image_size {self.data.image_size}; use 1..{depth}")
+        return self
+
     @property
     def validate_params(self) -> ValidateParams:
         return self.validate_

@@ -1,0 +1,117 @@
+"""train: the VAE-GAN on ``paths.prepared``, tracked in MLflow; checkpoint, metrics and plots for DVC."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from alphagan.config import Params, flatten
+from alphagan.errors import AlphaGanError
+from alphagan.training import TrainingCallbacks, load_generator, select_device, train
+from pipelines._common import stage_main
+
+
+def train_outputs(params: Params) -> dict[str, Path]:
+    """Where this stage writes (dvc.yaml names the same paths)."""
+    reports = Path(params.paths.reports) / "train"
+    return {"checkpoint": Path(params.paths.models) / "checkpoint.pt", "metrics": reports / "metrics.json",
+            "run": reports / "run.json", "losses": reports / "losses.csv", "samples": reports / "samples.png"}
+
+
+def file_digest(*paths: Path) -> str:
+    """sha256 over the files' bytes, in order: ties the MLflow run to the exact data."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+class StageCallbacks(TrainingCallbacks):
+    """Fan out to MLflow, and keep the loss history and last sample grid for DVC."""
+
+    def __init__(self, mlflow_callbacks: TrainingCallbacks, losses_csv: Path, samples_png: Path, resume: bool):
+        self.forward = mlflow_callbacks
+        self.losses_csv, self.samples_png = losses_csv, samples_png
+        self.append = resume and losses_csv.exists()
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        self.forward.on_metrics(step, metrics)
+        row = {"step": step, **{k.removeprefix("train/"): round(v, 6) for k, v in metrics.items() if "loss" in k}}
+        with open(self.losses_csv, "a" if self.append else "w", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=list(row))
+            if not self.append:
+                writer.writeheader()
+            writer.writerow(row)
+        self.append = True
+
+    def on_images(self, step: int, epoch: int, images: dict[str, np.ndarray]) -> None:
+        self.forward.on_images(step, epoch, images)
+        Image.fromarray(images["samples_ema"]).save(self.samples_png)
+
+
+def run(params: Params) -> None:
+    from alphagan import tracking  # mlflow loads only in the stages that log
+
+    outputs = train_outputs(params)
+    outputs["metrics"].parent.mkdir(parents=True, exist_ok=True)
+    prepared = Path(params.paths.prepared)
+    try:
+        train_images = np.load(prepared / "train.npy", mmap_mode="r")
+        val_images = np.load(prepared / "val.npy", mmap_mode="r")
+    except FileNotFoundError as exc:
+        raise AlphaGanError(f"{exc.filename} is missing; run the prepare stage first (dvc repro prepare)") from None
+    device = select_device(params.train.device)
+    previous_run = None
+    if params.train.resume and outputs["run"].exists():
+        previous_run = json.loads(outputs["run"].read_text())["run_id"]
+    tags = {
+        **tracking.git_state(), "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        "data_sha256": file_digest(prepared / "train.npy", prepared / "val.npy"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine()),
+        "torch_version": torch.__version__, "data_source": params.data.source,
+    }
+    experiment_id = tracking.use_experiment(params.train.experiment_name)
+    run_name = os.environ.get("DVC_EXP_NAME") or None
+    with tracking.start_run(experiment_id, run_name, tags, resume_run_id=previous_run) as active:
+        run_id = active.info.run_id
+        outputs["run"].write_text(json.dumps({"run_id": run_id, "experiment_id": experiment_id,
+                                              "tracking_uri": tracking.tracking_uri()}, indent=2))
+        if previous_run != run_id:
+            tracking.log_params(flatten(params.as_dict()))
+        callbacks = StageCallbacks(tracking.MlflowCallbacks(), outputs["losses"], outputs["samples"], params.train.resume)
+        result = train(train_images, val_images, params.train, params.data.image_size, params.seed,
+                       outputs["checkpoint"], callbacks)
+        decoder, encoder, config = load_generator(outputs["checkpoint"])
+        name = params.train.registered_model_name
+        generator_uri = tracking.log_torch_model(decoder, "generator", np.zeros((1, config.latent_dim), np.float32), name)
+        encoder_uri = tracking.log_torch_model(
+            encoder, "encoder", np.zeros((1, 3, config.image_size, config.image_size), np.float32), f"{name}-encoder")
+        validate_reports = Path(params.paths.reports) / "validate"
+        for report in ("summary.json", "data_docs"):
+            if (validate_reports / report).exists():
+                tracking.log_artifact(validate_reports / report, "validate")
+        metrics = {"steps": result.step, "epochs": result.epoch, "images_per_second": round(result.images_per_second, 2),
+                   "peak_memory_bytes": result.peak_memory_bytes, "device": result.device,
+                   **{k: round(v, 6) for k, v in result.final_losses.items()},
+                   "run_id": run_id, "generator_uri": generator_uri, "encoder_uri": encoder_uri}
+        outputs["metrics"].write_text(json.dumps(metrics, indent=2))
+    print(f"train: {result.step} steps on {result.device}, {result.images_per_second:.0f} img/s; MLflow run {run_id}")
+
+
+def main(argv=None) -> int:
+    return stage_main("train", run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

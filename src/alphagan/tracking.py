@@ -1,0 +1,128 @@
+"""MLflow tracking: the only module that imports mlflow.
+
+Store: ``sqlite:///<root>/mlflow.db`` with artifacts under ``<root>/artifacts`` (root is
+``mlruns/`` in the repo), unless ``MLFLOW_TRACKING_URI`` points at a team server.
+Browse it with ``mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alphagan.training import TrainingCallbacks
+
+# Before mlflow is imported: no usage reporting from a pipeline run.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+import mlflow  # noqa: E402
+
+# MLflow caps one log_params call at 100 entries and a param value at 6000 characters.
+_PARAM_BATCH = 100
+
+
+def tracking_uri(root: str | Path = "mlruns") -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the project's sqlite store under ``root``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+def use_experiment(name: str, root: str | Path = "mlruns") -> str:
+    """Point MLflow at the store and return the experiment id, creating it (artifacts under root)."""
+    mlflow.set_tracking_uri(tracking_uri(root))
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_location = None
+    if "MLFLOW_TRACKING_URI" not in os.environ:
+        artifact_location = (Path(root).resolve() / "artifacts").as_uri()
+    return mlflow.create_experiment(name, artifact_location=artifact_location)
+
+
+def git_state(cwd: str | Path = ".") -> dict[str, str]:
+    """The commit and whether the work tree has uncommitted changes ('unknown' outside git)."""
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit or "unknown", "git_dirty": "unknown" if status is None else str(bool(status)).lower()}
+
+
+def start_run(experiment_id: str, run_name: str | None, tags: dict[str, str], resume_run_id: str | None = None):
+    """Start (or, to resume training, reopen) a run; use as a context manager."""
+    if resume_run_id:
+        try:
+            return mlflow.start_run(run_id=resume_run_id, tags=tags)
+        except mlflow.exceptions.MlflowException:
+            pass  # the store was reset since: a new run is the honest record
+    return mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+
+
+def log_params(flat_params: dict[str, Any]) -> None:
+    """Log flattened params in batches MLflow accepts."""
+    items = sorted(flat_params.items())
+    for start in range(0, len(items), _PARAM_BATCH):
+        mlflow.log_params({k: str(v)[:6000] for k, v in items[start:start + _PARAM_BATCH]})
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None, run_id: str | None = None) -> None:
+    if run_id is None:
+        mlflow.log_metrics(metrics, step=step)
+    else:
+        client = mlflow.MlflowClient()
+        for name, value in metrics.items():
+            client.log_metric(run_id, name, value, step=step or 0)
+
+
+def log_artifact(path: str | Path, artifact_path: str | None = None, run_id: str | None = None) -> None:
+    """A file or a whole directory as run artifacts."""
+    path = Path(path)
+    if run_id is not None:
+        client = mlflow.MlflowClient()
+        (client.log_artifacts if path.is_dir() else client.log_artifact)(run_id, str(path), artifact_path)
+    elif path.is_dir():
+        mlflow.log_artifacts(str(path), artifact_path)
+    else:
+        mlflow.log_artifact(str(path), artifact_path)
+
+
+def set_tags(tags: dict[str, str], run_id: str) -> None:
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+
+
+class MlflowCallbacks(TrainingCallbacks):
+    """Training numbers and epoch pictures into the active MLflow run."""
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        mlflow.log_metrics(metrics, step=step)
+
+    def on_images(self, step: int, epoch: int, images: dict[str, np.ndarray]) -> None:
+        for key, image in images.items():
+            # key + step: the UI shows each series as one card with a step slider.
+            mlflow.log_image(image, key=key, step=step)
+
+
+def log_torch_model(module, name: str, input_example: np.ndarray, registered_model_name: str | None) -> str:
+    """Log a module in MLflow's ``pt2`` format (torch.export: no pickled code); returns the model URI.
+
+    Loads back with ``mlflow.pytorch.load_model(uri)``; the batch dimension stays free.
+    """
+    import mlflow.pytorch
+    import torch
+
+    info = mlflow.pytorch.log_model(
+        module.eval(), name=name, input_example=input_example, serialization_format="pt2",
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+        registered_model_name=registered_model_name,
+    )
+    return info.model_uri

@@ -1,0 +1,354 @@
+"""The VAE-GAN training loop: one discriminator step and one encoder/decoder step per batch.
+
+Per batch (Larsen et al. 2016, Algorithm 1, with the usual modern cures):
+  1. encode x -> (mu, logvar), sample z, reconstruct x_rec = Dec(z); draw z_p ~ N(0, I), x_p = Dec(z_p)
+  2. discriminator: real x against fakes x_rec and x_p (both detached)
+  3. encoder + decoder: KL (with warm-up) + feature reconstruction in a discriminator layer
+     + optional pixel L1 + adversarial loss on x_rec and x_p
+  4. EMA of the decoder (used for samples and export)
+
+The loop reports numbers through :class:`TrainingCallbacks` and knows nothing of MLflow or
+DVC. Checkpoints hold everything needed to continue bit-for-bit on CPU (models,
+optimisers, EMA, RNG state, step) and load with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torchvision.utils import make_grid
+from tqdm import tqdm
+
+from alphagan import losses
+from alphagan.augment import diff_augment
+from alphagan.config import TrainParams
+from alphagan.errors import AlphaGanError
+from alphagan.models import Decoder, Discriminator, Encoder, ModelConfig, init_weights, reparameterize
+
+CHECKPOINT_VERSION = 1
+
+
+class TrainingError(AlphaGanError):
+    """Training cannot start or continue (bad data, incompatible checkpoint)."""
+
+
+class TrainingDiverged(TrainingError):
+    """A loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+class TrainingCallbacks:
+    """Where the loop's numbers and pictures go. The default drops them."""
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        """Scalar metrics (``train/...``) at ``step``."""
+
+    def on_images(self, step: int, epoch: int, images: dict[str, np.ndarray]) -> None:
+        """HxWx3 uint8 grids at the end of an epoch: ``samples_ema``, ``samples_raw``, ``reconstructions``."""
+
+
+def model_config(params: TrainParams, image_size: int) -> ModelConfig:
+    return ModelConfig(
+        image_size=image_size, latent_dim=params.latent_dim, base_channels=params.base_channels,
+        max_channels=params.max_channels, upsample=params.upsample, spectral_norm=params.spectral_norm,
+        feature_layer=params.feature_layer,
+    )
+
+
+def select_device(requested: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is an error, not a fallback."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+@dataclass
+class VaeGan:
+    """The three networks, the decoder's EMA and both optimisers."""
+
+    encoder: Encoder
+    decoder: Decoder
+    discriminator: Discriminator
+    ema_decoder: AveragedModel
+    optimizer_vae: torch.optim.Optimizer
+    optimizer_discriminator: torch.optim.Optimizer
+    config: ModelConfig
+
+    @classmethod
+    def build(cls, config: ModelConfig, params: TrainParams, device: torch.device) -> VaeGan:
+        encoder, decoder, discriminator = Encoder(config), Decoder(config), Discriminator(config)
+        for module in (encoder, decoder, discriminator):
+            module.apply(init_weights)
+            module.to(device=device, memory_format=torch.channels_last)
+        ema = AveragedModel(decoder, multi_avg_fn=get_ema_multi_avg_fn(params.ema_decay), use_buffers=True)
+        betas = (params.beta1, params.beta2)
+        optimizer_vae = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=params.lr, betas=betas)
+        optimizer_discriminator = torch.optim.Adam(discriminator.parameters(), lr=params.lr_discriminator, betas=betas)
+        return cls(encoder, decoder, discriminator, ema, optimizer_vae, optimizer_discriminator, config)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "encoder": self.encoder.state_dict(), "decoder": self.decoder.state_dict(),
+            "discriminator": self.discriminator.state_dict(), "ema_decoder": self.ema_decoder.state_dict(),
+            "optimizer_vae": self.optimizer_vae.state_dict(),
+            "optimizer_discriminator": self.optimizer_discriminator.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.encoder.load_state_dict(state["encoder"])
+        self.decoder.load_state_dict(state["decoder"])
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.ema_decoder.load_state_dict(state["ema_decoder"])
+        self.optimizer_vae.load_state_dict(state["optimizer_vae"])
+        self.optimizer_discriminator.load_state_dict(state["optimizer_discriminator"])
+
+    def generator(self) -> nn.Module:
+        """The EMA decoder as a plain module (what samples and exports use)."""
+        return self.ema_decoder.module
+
+
+def save_checkpoint(path: Path, model: VaeGan, step: int, epoch: int) -> None:
+    """Write atomically: a crash mid-write never leaves a broken checkpoint behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "version": CHECKPOINT_VERSION, "step": step, "epoch": epoch, "model_config": asdict(model.config),
+        "models": model.state_dict(), "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely (tensors and plain containers only: no pickled code)."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise TrainingError(f"no checkpoint at {path}") from None
+    except Exception as exc:  # noqa: BLE001 - a corrupt file is a user-facing problem
+        raise TrainingError(f"checkpoint {path} cannot be read: {type(exc).__name__}: {exc}") from None
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise TrainingError(f"checkpoint {path} has version {state.get('version')}, expected {CHECKPOINT_VERSION}")
+    return state
+
+
+def load_generator(path: Path, map_location: str | torch.device = "cpu") -> tuple[Decoder, Encoder, ModelConfig]:
+    """The EMA decoder and the encoder of a checkpoint, in eval mode."""
+    state = load_checkpoint(path, map_location)
+    config = ModelConfig(**state["model_config"])
+    decoder, encoder = Decoder(config), Encoder(config)
+    ema_state = {k.removeprefix("module."): v for k, v in state["models"]["ema_decoder"].items() if k.startswith("module.")}
+    decoder.load_state_dict(ema_state)
+    encoder.load_state_dict(state["models"]["encoder"])
+    return decoder.eval(), encoder.eval(), config
+
+
+def to_tensor(batch: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW in [-1, 1], channels_last."""
+    tensor = torch.from_numpy(np.array(batch, dtype=np.uint8, order="C")).to(device, non_blocking=True)
+    return (tensor.permute(0, 3, 1, 2).float() / 127.5 - 1.0).contiguous(memory_format=torch.channels_last)
+
+
+def to_grid(images: torch.Tensor, rows: int | None = None) -> np.ndarray:
+    """A batch in [-1, 1] -> one HxWx3 uint8 picture."""
+    nrow = rows or max(1, int(math.sqrt(images.shape[0])))
+    grid = make_grid(images.detach().float().cpu().clamp(-1, 1), nrow=nrow, padding=2, normalize=True, value_range=(-1, 1))
+    return (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA max allocated on a GPU; the process's peak resident set on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+@dataclass
+class TrainResult:
+    step: int
+    epoch: int
+    device: str
+    images_per_second: float
+    peak_memory_bytes: int
+    final_losses: dict[str, float] = field(default_factory=dict)
+
+
+def _grad_norm(parameters) -> float:
+    grads = [p.grad for p in parameters if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
+
+
+def train_step(model: VaeGan, real: torch.Tensor, params: TrainParams, step: int, autocast) -> dict[str, torch.Tensor]:
+    """One discriminator update and one encoder/decoder update; returns the losses (detached)."""
+    kind, policy = params.adversarial_loss, params.diffaugment
+    values_per_image = real[0].numel()
+    batch = real.shape[0]
+
+    # Forward the encoder/decoder once; the discriminator step uses detached copies.
+    with autocast():
+        mu, logvar = model.encoder(real)
+        reconstructed = model.decoder(reparameterize(mu, logvar))
+        prior = model.decoder(torch.randn(batch, model.config.latent_dim, device=real.device, dtype=mu.dtype))
+        fakes = torch.cat([reconstructed, prior])
+
+    # 1. Discriminator: real vs (reconstructions + prior samples).
+    model.optimizer_discriminator.zero_grad(set_to_none=True)
+    with autocast():
+        real_logits, _ = model.discriminator(diff_augment(real, policy))
+        fake_logits, _ = model.discriminator(diff_augment(fakes.detach(), policy))
+        loss_d = losses.discriminator_loss(real_logits.float(), fake_logits.float(), kind)
+    loss_d.backward()
+    grad_norm_d = _grad_norm(model.discriminator.parameters())
+    model.optimizer_discriminator.step()
+
+    # 2. Encoder + decoder. The discriminator is not updated here; its grads are discarded.
+    model.optimizer_vae.zero_grad(set_to_none=True)
+    with autocast():
+        if policy:
+            adv_logits, _ = model.discriminator(diff_augment(fakes, policy))
+            _, rec_features = model.discriminator(reconstructed)
+        else:
+            adv_logits, all_features = model.discriminator(fakes)
+            rec_features = all_features[:batch]
+        with torch.no_grad():
+            _, real_features = model.discriminator(real)
+        loss_kl = losses.kl_loss(mu.float(), logvar.float(), values_per_image)
+        loss_feature = losses.feature_reconstruction_loss(rec_features.float(), real_features.float())
+        loss_pixel = losses.pixel_reconstruction_loss(reconstructed.float(), real)
+        loss_adv = losses.generator_loss(adv_logits.float(), kind)
+        kl_scale = losses.kl_warmup(step, params.kl_warmup_steps)
+        loss_vae = (params.kl_weight * kl_scale * loss_kl + params.feature_weight * loss_feature
+                    + params.pixel_weight * loss_pixel + params.adversarial_weight * loss_adv)
+    named = {"loss_d": loss_d, "loss_kl": loss_kl, "loss_feature": loss_feature, "loss_pixel": loss_pixel,
+             "loss_adv_g": loss_adv, "loss_vae": loss_vae}
+    for name, value in named.items():
+        if not torch.isfinite(value):
+            raise TrainingDiverged(f"step {step}: {name} is {value.item()}; stopping, last good checkpoint left intact")
+    loss_vae.backward()
+    grad_norm_vae = _grad_norm([*model.encoder.parameters(), *model.decoder.parameters()])
+    model.discriminator.zero_grad(set_to_none=True)
+    model.optimizer_vae.step()
+    model.ema_decoder.update_parameters(model.decoder)
+    result = {k: v.detach() for k, v in named.items()}
+    result["grad_norm_d"] = torch.tensor(grad_norm_d)
+    result["grad_norm_vae"] = torch.tensor(grad_norm_vae)
+    result["kl_scale"] = torch.tensor(kl_scale)
+    return result
+
+
+@torch.no_grad()
+def epoch_images(model: VaeGan, fixed_latent: torch.Tensor, val_batch: torch.Tensor) -> dict[str, np.ndarray]:
+    """Sample grids from the fixed latent batch (EMA and raw decoder) and val reconstructions."""
+    was_training = model.decoder.training
+    model.decoder.eval(); model.encoder.eval()
+    generator = model.generator().eval()
+    mu, _ = model.encoder(val_batch)
+    reconstructed = generator(mu)
+    pairs = torch.stack([val_batch, reconstructed], dim=1).flatten(0, 1)  # original, reconstruction, ...
+    images = {
+        "samples_ema": to_grid(generator(fixed_latent)),
+        "samples_raw": to_grid(model.decoder(fixed_latent)),
+        "reconstructions": to_grid(pairs, rows=max(2, 2 * int(math.sqrt(val_batch.shape[0])))),
+    }
+    model.decoder.train(was_training); model.encoder.train(was_training)
+    return images
+
+
+def train(
+    train_images: np.ndarray, val_images: np.ndarray, params: TrainParams, image_size: int, seed: int,
+    checkpoint_path: Path, callbacks: TrainingCallbacks | None = None,
+) -> TrainResult:
+    """Train (or resume) the VAE-GAN on uint8 NHWC arrays; writes ``checkpoint_path``."""
+    callbacks = callbacks or TrainingCallbacks()
+    if train_images.ndim != 4 or train_images.shape[1:] != (image_size, image_size, 3) or train_images.dtype != np.uint8:
+        raise TrainingError(f"training data must be uint8 (N, {image_size}, {image_size}, 3), got {train_images.dtype} {train_images.shape}")
+    count = len(train_images)
+    if count == 0:
+        raise TrainingError("training data is empty")
+    device = select_device(params.device)
+    torch.manual_seed(seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
+    else:
+        autocast = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731 - fp32: no bf16 units on most CPUs
+    config = model_config(params, image_size)
+    model = VaeGan.build(config, params, device)
+
+    batch_size = min(params.batch_size, count)
+    steps_per_epoch = count // batch_size
+    total_steps = params.epochs * steps_per_epoch
+    if params.max_steps:
+        total_steps = min(total_steps, params.max_steps)
+    # Fixed inputs for the epoch pictures: the same faces every epoch, so epochs compare.
+    picture_rng = torch.Generator().manual_seed(seed)
+    fixed_latent = torch.randn(params.grid_size, config.latent_dim, generator=picture_rng).to(device)
+    shown = val_images if len(val_images) else train_images
+    val_batch = to_tensor(shown[: min(16, len(shown))], device)
+
+    step = 0
+    if params.resume and Path(checkpoint_path).exists():
+        state = load_checkpoint(checkpoint_path, device)
+        if state["model_config"] != asdict(config):
+            raise TrainingError(f"checkpoint {checkpoint_path} was made with a different model "
+                                f"({state['model_config']}); set train.resume=false to start over")
+        model.load_state_dict(state["models"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        step = int(state["step"])
+
+    progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    window_start, window_images = time.perf_counter(), 0
+    images_per_second = 0.0
+    last: dict[str, float] = {}
+    model.encoder.train(); model.decoder.train(); model.discriminator.train()
+    while step < total_steps:
+        epoch, offset = divmod(step, steps_per_epoch)
+        # The order of epoch e depends only on (seed, e): resuming mid-epoch needs no saved state.
+        order = np.random.default_rng([seed, epoch]).permutation(count)
+        rows = np.sort(order[offset * batch_size:(offset + 1) * batch_size])
+        real = to_tensor(train_images[rows], device)
+        named = train_step(model, real, params, step, autocast)
+        step += 1
+        window_images += batch_size
+        progress.update(1)
+        if step % params.log_every == 0 or step == total_steps:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            elapsed = time.perf_counter() - window_start
+            images_per_second = window_images / elapsed if elapsed > 0 else 0.0
+            last = {name: float(value) for name, value in named.items()}
+            metrics = {f"train/{name}": value for name, value in last.items()}
+            metrics.update({
+                "train/images_per_second": images_per_second, "train/peak_memory_bytes": float(peak_memory_bytes(device)),
+                "train/lr_vae": model.optimizer_vae.param_groups[0]["lr"],
+                "train/lr_discriminator": model.optimizer_discriminator.param_groups[0]["lr"],
+                "train/epoch": float(epoch),
+            })
+            callbacks.on_metrics(step, metrics)
+            progress.set_postfix(d=f"{last['loss_d']:.3f}", vae=f"{last['loss_vae']:.3f}", ips=f"{images_per_second:.0f}")
+            window_start, window_images = time.perf_counter(), 0
+        if step % params.checkpoint_every == 0 and step < total_steps:
+            save_checkpoint(checkpoint_path, model, step, epoch)
+        if step % steps_per_epoch == 0 or step == total_steps:
+            callbacks.on_images(step, epoch, epoch_images(model, fixed_latent, val_batch))
+    progress.close()
+    save_checkpoint(checkpoint_path, model, step, step // steps_per_epoch)
+    return TrainResult(step=step, epoch=step // steps_per_epoch, device=str(device), images_per_second=images_per_second,
+                       peak_memory_bytes=peak_memory_bytes(device), final_losses=last)

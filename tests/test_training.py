@@ -1,0 +1,120 @@
+"""Training loop: determinism and resume, the NaN guard, shapes; the stage with MLflow."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from alphagan import losses
+from alphagan.config import ConfigError, parse_params
+from alphagan.models import Decoder, Discriminator, Encoder, ModelConfig
+from alphagan.training import TrainingDiverged, TrainingError, load_checkpoint, load_generator, train
+
+TINY_TRAIN = {"batch_size": 4, "latent_dim": 8, "base_channels": 8, "max_channels": 16, "feature_layer": 1,
+              "log_every": 1, "checkpoint_every": 1, "grid_size": 4, "kl_warmup_steps": 2, "device": "cpu"}
+
+
+def tiny_params(**train_overrides):
+    return parse_params({"data": {"image_size": 16}, "train": {**TINY_TRAIN, **train_overrides}})
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8), rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+@pytest.mark.parametrize("upsample", ["transposed", "resize"])
+def test_model_shapes_follow_image_size(size, upsample):
+    config = ModelConfig(image_size=size, latent_dim=16, base_channels=4, max_channels=16, upsample=upsample, feature_layer=2)
+    x = torch.randn(2, 3, size, size)
+    mu, logvar = Encoder(config)(x)
+    assert mu.shape == logvar.shape == (2, 16)
+    assert Decoder(config)(mu).shape == (2, 3, size, size)
+    logits, features = Discriminator(config)(x)
+    assert logits.shape == (2,) and features.shape == (2, 8, size // 4, size // 4)
+
+
+def test_losses_match_their_formulas():
+    mu, logvar = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 0.0]])
+    assert losses.kl_loss(mu, logvar, values_per_image=2).item() == pytest.approx(0.25)  # 0.5 * 1^2 / 2
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.5])
+    assert losses.discriminator_loss(real, fake, "hinge").item() == pytest.approx((0 + 0.5) / 2 + (0 + 1.5) / 2)
+    assert losses.discriminator_loss(real, fake, "bce").item() == pytest.approx(losses.discriminator_loss(real, fake, "nonsaturating").item())
+    assert losses.generator_loss(fake, "hinge").item() == pytest.approx(0.75)
+    assert losses.kl_warmup(5, 10) == 0.5 and losses.kl_warmup(50, 10) == 1.0
+
+
+def _all_tensors(state):
+    flat = {}
+    for group, modules in state["models"].items():
+        if group.startswith("optimizer"):
+            for index, values in modules["state"].items():
+                for key, value in values.items():
+                    flat[f"{group}.{index}.{key}"] = value
+        else:
+            flat.update({f"{group}.{k}": v for k, v in modules.items()})
+    return flat
+
+
+def test_resume_gives_the_same_weights_as_straight_training(tmp_path, images):
+    train_images, val_images = images
+    straight = train(train_images, val_images, tiny_params(max_steps=4).train, 16, 3, tmp_path / "straight.pt")
+    train(train_images, val_images, tiny_params(max_steps=2).train, 16, 3, tmp_path / "resumed.pt")
+    assert load_checkpoint(tmp_path / "resumed.pt")["step"] == 2
+    resumed = train(train_images, val_images, tiny_params(max_steps=4, resume=True).train, 16, 3, tmp_path / "resumed.pt")
+    assert straight.step == resumed.step == 4
+    a, b = _all_tensors(load_checkpoint(tmp_path / "straight.pt")), _all_tensors(load_checkpoint(tmp_path / "resumed.pt"))
+    assert a.keys() == b.keys() and len(a) > 40
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert different == []
+    # And training did move the weights (the comparison above is not of two untouched models).
+    fresh = train(train_images, val_images, tiny_params(max_steps=1).train, 16, 3, tmp_path / "one.pt")
+    assert fresh.step == 1
+    c = _all_tensors(load_checkpoint(tmp_path / "one.pt"))
+    assert not torch.equal(a["decoder.project.0.weight"], c["decoder.project.0.weight"])
+
+
+def test_resume_refuses_a_different_model(tmp_path, images):
+    train(*images, tiny_params(max_steps=1).train, 16, 0, tmp_path / "c.pt")
+    with pytest.raises(TrainingError, match="different model"):
+        train(*images, tiny_params(max_steps=2, resume=True, latent_dim=4).train, 16, 0, tmp_path / "c.pt")
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, images, monkeypatch):
+    real_kl = losses.kl_loss
+    calls = {"n": 0}
+
+    def kl_that_breaks_on_the_third_step(*args, **kwargs):
+        calls["n"] += 1
+        value = real_kl(*args, **kwargs)
+        return value * float("nan") if calls["n"] == 3 else value
+
+    monkeypatch.setattr(losses, "kl_loss", kl_that_breaks_on_the_third_step)
+    with pytest.raises(TrainingDiverged, match=r"step 2: loss_kl is nan"):
+        train(*images, tiny_params(max_steps=5).train, 16, 0, tmp_path / "c.pt")
+    state = load_checkpoint(tmp_path / "c.pt")
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in _all_tensors(state).values() if v.is_floating_point())
+
+
+def test_generator_loads_from_checkpoint_and_draws(tmp_path, images):
+    train(*images, tiny_params(max_steps=2).train, 16, 0, tmp_path / "c.pt")
+    decoder, encoder, config = load_generator(tmp_path / "c.pt")
+    with torch.no_grad():
+        out = decoder(torch.randn(3, config.latent_dim))
+    assert out.shape == (3, 3, 16, 16) and out.abs().max() <= 1
+
+
+def test_cuda_requested_without_gpu_is_a_clear_error(images, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(TrainingError, match="no CUDA device"):
+        train(*images, tiny_params(device="cuda").train, 16, 0, tmp_path / "c.pt")
+
+
+def test_feature_layer_must_fit_the_depth():
+    with pytest.raises(ConfigError, match=r"train.feature_layer 3 exceeds .* 2 blocks at data.image_size 16"):
+        parse_params({"data": {"image_size": 16}, "train": {"feature_layer": 3}})
