@@ -16,6 +16,7 @@ from PIL import Image
 
 from alphagan.config import Params, flatten
 from alphagan.errors import AlphaGanError
+from alphagan.models import EncoderMoments
 from alphagan.training import TrainingCallbacks, load_generator, select_device, train
 from pipelines._common import stage_main
 
@@ -94,9 +95,9 @@ def run(params: Params) -> None:
                        outputs["checkpoint"], callbacks)
         decoder, encoder, config = load_generator(outputs["checkpoint"])
         name = params.train.registered_model_name
-        generator_uri = tracking.log_torch_model(decoder, "generator", np.zeros((1, config.latent_dim), np.float32), name)
+        generator_uri = tracking.log_torch_model(decoder, "generator", np.zeros((2, config.latent_dim), np.float32), name)
         encoder_uri = tracking.log_torch_model(
-            encoder, "encoder", np.zeros((1, 3, config.image_size, config.image_size), np.float32), f"{name}-encoder")
+            EncoderMoments(encoder), "encoder", np.zeros((2, 3, config.image_size, config.image_size), np.float32), f"{name}-encoder")
         validate_reports = Path(params.paths.reports) / "validate"
         for report in ("summary.json", "data_docs"):
             if (validate_reports / report).exists():

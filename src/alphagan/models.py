@@ -139,3 +139,15 @@ def init_weights(module: nn.Module) -> None:
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """z = mu + sigma * eps (Kingma and Welling 2014)."""
     return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+
+class EncoderMoments(nn.Module):
+    """The encoder with a single output tensor (B, 2, latent_dim) = [mu, logvar], for
+    serving formats (MLflow model signatures) that take one tensor out."""
+
+    def __init__(self, encoder: Encoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.stack(self.encoder(images), dim=1)

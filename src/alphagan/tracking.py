@@ -83,8 +83,10 @@ def log_metrics(metrics: dict[str, float], step: int | None = None, run_id: str 
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None, run_id: str | None = None) -> None:
-    """A file or a whole directory as run artifacts."""
+    """A file, or a whole directory (kept under its own name), as run artifacts."""
     path = Path(path)
+    if path.is_dir():
+        artifact_path = f"{artifact_path}/{path.name}" if artifact_path else path.name
     if run_id is not None:
         client = mlflow.MlflowClient()
         (client.log_artifacts if path.is_dir() else client.log_artifact)(run_id, str(path), artifact_path)
@@ -115,8 +117,11 @@ class MlflowCallbacks(TrainingCallbacks):
 def log_torch_model(module, name: str, input_example: np.ndarray, registered_model_name: str | None) -> str:
     """Log a module in MLflow's ``pt2`` format (torch.export: no pickled code); returns the model URI.
 
-    Loads back with ``mlflow.pytorch.load_model(uri)``; the batch dimension stays free.
+    Loads back with ``mlflow.pytorch.load_model(uri)``. Give an example batch of at
+    least 2: torch.export fixes a dimension of size 1, and the model would take no other.
     """
+    if input_example.shape[0] < 2:
+        raise ValueError("input_example needs a batch of at least 2 to keep the batch size free")
     import mlflow.pytorch
     import torch
 
