@@ -31,6 +31,11 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/prepare.py
+	$(BIN)/python benchmarks/train.py
+
+# The MLflow UI over the project's store: http://127.0.0.1:5000
+ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --port 5000
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -85,18 +85,31 @@ def write_tiny_repo_params(target: Path, overrides: dict | None = None) -> None:
 
 
 @pytest.mark.slow
-def test_dvc_repro_runs_the_data_stages_and_is_idempotent(tmp_path):
+def test_dvc_repro_runs_the_pipeline_and_is_idempotent(tmp_path):
+    from tests.test_training import TINY_TRAIN
+
     env = git_copy_of_repo(tmp_path)
-    write_tiny_repo_params(tmp_path)
+    write_tiny_repo_params(tmp_path, {"train": {**TINY_TRAIN, "epochs": 1, "log_every": 2}})
     subprocess.run(["git", "add", "-A"], cwd=tmp_path, check=True, env=env)
     subprocess.run(["git", "commit", "-qm", "init"], cwd=tmp_path, check=True, env=env)
-    first = subprocess.run([str(BIN / "dvc"), "repro", "prepare"], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert first.returncode == 0, first.stdout + first.stderr
+
+    def dvc(*args, check=True):
+        done = subprocess.run([str(BIN / "dvc"), *args], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert not check or done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    dvc("repro")
     assert (tmp_path / "data/prepared/train.npy").exists()
     assert (tmp_path / "data/validated/manifest.csv").exists()
     assert (tmp_path / "reports/validate/data_docs/index.html").exists()
-    second = subprocess.run([str(BIN / "dvc"), "repro", "prepare"], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert second.returncode == 0, second.stderr
-    assert "didn't change, skipping" in second.stdout and "Running stage" not in second.stdout
-    dag = subprocess.run([str(BIN / "dvc"), "dag", "prepare"], cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout
-    assert all(stage in dag for stage in ("fetch", "validate", "prepare"))
+    assert (tmp_path / "models/checkpoint.pt").exists()
+    assert (tmp_path / "mlruns/mlflow.db").exists()
+    second = dvc("repro")
+    assert "didn't change, skipping" in second and "Running stage" not in second
+    dag = dvc("dag")
+    assert all(stage in dag for stage in ("fetch", "validate", "prepare", "train"))
+    metrics = json.loads(dvc("metrics", "show", "--json"))
+    workspace = json.dumps(metrics)
+    assert "images_per_second" in workspace and "files_seen" in workspace
+    dvc("plots", "show", "-o", str(tmp_path / "plots"))
+    assert (tmp_path / "plots" / "index.html").exists()

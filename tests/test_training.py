@@ -118,3 +118,14 @@ def test_cuda_requested_without_gpu_is_a_clear_error(images, tmp_path):
 def test_feature_layer_must_fit_the_depth():
     with pytest.raises(ConfigError, match=r"train.feature_layer 3 exceeds .* 2 blocks at data.image_size 16"):
         parse_params({"data": {"image_size": 16}, "train": {"feature_layer": 3}})
+
+
+def test_cli_sample_draws_a_grid(tmp_path, images):
+    from PIL import Image
+
+    from alphagan.cli import main
+
+    train(*images, tiny_params(max_steps=1).train, 16, 0, tmp_path / "c.pt")
+    assert main(["sample", "--checkpoint", str(tmp_path / "c.pt"), "--count", "4", "--out", str(tmp_path / "g.png")]) == 0
+    assert Image.open(tmp_path / "g.png").size == (2 * 18 + 2, 2 * 18 + 2)  # 2x2 faces, 2 px padding
+    assert main(["sample", "--checkpoint", str(tmp_path / "missing.pt")]) == 1
