@@ -137,7 +137,7 @@ class TrainParams(_Section):
 
 
 class EvaluateParams(_Section):
-    num_samples: int = Field(2000, ge=2)
+    num_samples: int = Field(1000, ge=2)
     batch_size: int = Field(100, ge=1)
     inception_weights: str = ""
     nearest_neighbours: int = Field(8, ge=1)

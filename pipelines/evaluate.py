@@ -1,0 +1,62 @@
+"""evaluate: score the trained generator and log the numbers into the training's MLflow run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from alphagan.config import Params
+from alphagan.errors import AlphaGanError
+from alphagan.evaluation import evaluate_model
+from alphagan.training import load_generator, select_device
+from pipelines._common import stage_main
+from pipelines.train import train_outputs
+
+
+def run(params: Params) -> None:
+    from alphagan import tracking
+
+    trained = train_outputs(params)
+    reports = Path(params.paths.reports) / "evaluate"
+    reports.mkdir(parents=True, exist_ok=True)
+    prepared = Path(params.paths.prepared)
+    try:
+        train_images = np.load(prepared / "train.npy", mmap_mode="r")
+        val_images = np.load(prepared / "val.npy", mmap_mode="r")
+        run_info = json.loads(trained["run"].read_text())
+    except FileNotFoundError as exc:
+        raise AlphaGanError(f"{exc.filename} is missing; run the train stage first (dvc repro train)") from None
+    decoder, encoder, config = load_generator(trained["checkpoint"])
+    device = select_device(params.train.device)
+    metrics, pictures = evaluate_model(
+        decoder, encoder, config.latent_dim, train_images, val_images, params.evaluate.num_samples,
+        params.evaluate.batch_size, params.seed, params.evaluate.inception_weights, params.evaluate.nearest_neighbours, device)
+    for name, picture in pictures.items():
+        Image.fromarray(picture).save(reports / f"{name}.png")
+    note = metrics.pop("eval/inception_note")
+    numbers = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}
+    # Flat names without the namespace: `dvc exp show` columns stay short.
+    (reports / "metrics.json").write_text(json.dumps(
+        {**{k.removeprefix("eval/"): v for k, v in numbers.items()}, "inception_note": note, "run_id": run_info["run_id"]},
+        indent=2))
+    tracking.use_experiment(params.train.experiment_name)
+    run_id = run_info["run_id"]
+    tracking.log_metrics({k: float(v) for k, v in numbers.items()}, run_id=run_id)
+    tracking.set_tags({"eval_inception_note": note}, run_id=run_id)
+    for name in pictures:
+        tracking.log_artifact(reports / f"{name}.png", "evaluate", run_id=run_id)
+    tracking.log_artifact(reports / "metrics.json", "evaluate", run_id=run_id)
+    print(f"evaluate: fd_random {numbers['eval/fd_random']:.3f} (real vs real {numbers['eval/fd_random_real_vs_real']:.3f}, "
+          f"noise {numbers['eval/fd_random_noise']:.3f}), PSNR {numbers['eval/psnr']:.2f} dB; {note}")
+
+
+def main(argv=None) -> int:
+    return stage_main("evaluate", run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
