@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test bench ui clean
+.PHONY: setup repro test bench ui exps clean
 
 setup: $(INSTALLED)
 
@@ -32,6 +32,12 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/prepare.py
 	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/evaluate.py
+
+# Experiments side by side: the params and metrics that matter, narrow enough to read.
+EXP_DROP := ^(paths|validate|prepare)\.|^data\.(kaggle|folder|dicebear)|train\.(device|log_every|checkpoint_every|grid_size|resume|max_steps|experiment_name|registered_model_name|beta1|beta2|max_channels)|evaluate\.|kid_.*_std|num_|run_id|_uri|note|files_seen|rejected|accepted|max_reject|grad_norm|kl_scale|peak_memory|steps$$|device
+exps: setup
+	$(BIN)/dvc exp show --md --drop '$(EXP_DROP)'
 
 # The MLflow UI over the project's store: http://127.0.0.1:5000
 ui: setup
