@@ -113,3 +113,34 @@ def test_dvc_repro_runs_the_pipeline_and_is_idempotent(tmp_path):
     assert "images_per_second" in workspace and "files_seen" in workspace
     dvc("plots", "show", "-o", str(tmp_path / "plots"))
     assert (tmp_path / "plots" / "index.html").exists()
+    evaluate_metrics = json.loads((tmp_path / "reports/evaluate/metrics.json").read_text())
+    assert "not computed" in evaluate_metrics["inception_note"] or "fid_inception" in evaluate_metrics
+
+    # Two experiments, compared by `dvc exp show`; each MLflow run carries its experiment's name.
+    for name, lr in (("lr-high", "0.002"), ("lr-low", "0.0001")):
+        dvc("exp", "run", "-n", name, "-S", f"train.lr={lr}")
+    shown = json.loads(dvc("exp", "show", "--json"))
+    found = {}
+
+    def collect(node):
+        if isinstance(node, dict):
+            if node.get("name") in ("lr-high", "lr-low") and isinstance(node.get("data"), dict):
+                found[node["name"]] = node["data"]
+            for value in node.values():
+                collect(value)
+        elif isinstance(node, list):
+            for value in node:
+                collect(value)
+
+    collect(shown)
+    assert set(found) == {"lr-high", "lr-low"}
+    lrs = {name: data["params"]["params.yaml"]["data"]["train"]["lr"] for name, data in found.items()}
+    assert lrs == {"lr-high": 0.002, "lr-low": 0.0001}
+    fds = {name: data["metrics"]["reports/evaluate/metrics.json"]["data"]["fd_random"] for name, data in found.items()}
+    assert fds["lr-high"] != fds["lr-low"]
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns/mlflow.db'}")
+    run_names = {run.info.run_name for run in mlflow.search_runs(experiment_names=["alpha-gan"], output_format="list")}
+    assert {"lr-high", "lr-low"} <= run_names
