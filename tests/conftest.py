@@ -15,6 +15,7 @@ TINY = {
     "data": {"source": "dicebear", "image_size": 16, "dicebear": {"count": 24, "styles": ["adventurer", "lorelei"]}},
     "validate": {"min_side": 8, "max_reject_fraction": 0.5},
     "prepare": {"val_fraction": 0.25, "workers": 1},
+    "train": {"feature_layer": 1},  # 16 px: the discriminator has 2 blocks
 }
 
 

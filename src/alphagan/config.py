@@ -186,6 +186,8 @@ def _format_error(error: dict[str, Any]) -> str:
     allowed = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         return f"{key or '<root>'}: unknown key (value {error['input']!r}); remove it or check its spelling"
+    if not key:  # a check across sections: its message names the keys itself
+        return allowed
     value = error.get("input")
     shown = "<section>" if isinstance(value, dict) else repr(value)
     return f"{key or '<root>'} = {shown}: {allowed}"
