@@ -1,6 +1,5 @@
 """Training loop: determinism and resume, the NaN guard, shapes; the stage with MLflow."""
 
-import json
 
 import numpy as np
 import pytest
