@@ -8,7 +8,8 @@ import torch
 from alphagan import losses
 from alphagan.config import ConfigError, parse_params
 from alphagan.models import Decoder, Discriminator, Encoder, ModelConfig
-from alphagan.training import TrainingDiverged, TrainingError, load_checkpoint, load_generator, train
+from alphagan.training import (TrainingDiverged, TrainingError, VaeGan, load_checkpoint, load_generator, model_config,
+                                to_tensor, train, train_step)
 
 TINY_TRAIN = {"batch_size": 4, "latent_dim": 8, "base_channels": 8, "max_channels": 16, "feature_layer": 1,
               "log_every": 1, "checkpoint_every": 1, "grid_size": 4, "kl_warmup_steps": 2, "device": "cpu"}
@@ -74,6 +75,35 @@ def test_resume_gives_the_same_weights_as_straight_training(tmp_path, images):
     assert fresh.step == 1
     c = _all_tensors(load_checkpoint(tmp_path / "one.pt"))
     assert not torch.equal(a["decoder.project.0.weight"], c["decoder.project.0.weight"])
+
+
+def _one_step(params, images):
+    """A fresh tiny model (seeded) after one train_step; its three networks' weights."""
+    torch.manual_seed(0)
+    model = VaeGan.build(model_config(params.train, 16), params.train, torch.device("cpu"))
+    real = to_tensor(images[0][:4], torch.device("cpu"))
+    train_step(model, real, params.train, step=5, autocast=lambda: torch.autocast("cpu", enabled=False))
+    return {name: {k: v.clone() for k, v in getattr(model, name).state_dict().items()}
+            for name in ("encoder", "decoder", "discriminator")}
+
+
+def _same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_each_players_loss_moves_only_its_own_network(images):
+    # One forward serves both players; the two backward passes must keep their gradients apart.
+    # The discriminator's update depends on the fakes, not on the encoder/decoder's loss weights:
+    base = _one_step(tiny_params(), images)
+    other_vae_weights = _one_step(tiny_params(kl_weight=0.5, pixel_weight=3.0, feature_weight=1.0), images)
+    assert _same(base["discriminator"], other_vae_weights["discriminator"])
+    assert not _same(base["decoder"], other_vae_weights["decoder"])  # the weights did matter where they should
+    # With no discriminator terms in the encoder/decoder loss, the kind of the discriminator's
+    # loss must not reach the encoder or decoder:
+    no_gan = {"adversarial_weight": 0.0, "feature_weight": 0.0}
+    hinge, bce = _one_step(tiny_params(adversarial_loss="hinge", **no_gan), images), _one_step(tiny_params(adversarial_loss="bce", **no_gan), images)
+    assert _same(hinge["encoder"], bce["encoder"]) and _same(hinge["decoder"], bce["decoder"])
+    assert not _same(hinge["discriminator"], bce["discriminator"])
 
 
 def test_resume_refuses_a_different_model(tmp_path, images):
