@@ -7,13 +7,15 @@ memory (CUDA max allocated on a GPU; growth of the process's peak RSS on CPU).
 Target on CPU: VAE-GAN >= 0.5x DCGAN. On a GPU add ``--device cuda --batch 128``:
 bf16 autocast, target peak memory <= 1.25 GB.
 
-    python benchmarks/train.py [--size 64] [--batch 64] [--width 32] [--steps 15] [--device cpu]
+    python benchmarks/train.py [--size 64] [--batch 64] [--width 32] [--steps 10] [--rounds 3] [--device cpu]
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import resource
+import statistics
 import time
 
 import numpy as np
@@ -88,25 +90,54 @@ def vaegan_stepper(size, batch, width, device, autocast):
     return lambda real, step: train_step(model, real, params, step, autocast)
 
 
-def measure(make_step, real, steps, device, autocast, warmup=3):
+def measure(which: str, steps: int, device_name: str) -> tuple[float, int]:
+    """(images/s, peak memory bytes) of ``steps`` training steps of one model.
+
+    Runs in a fresh process (see main), so on CPU the growth of peak RSS over the
+    imports belongs to this model alone.
+    """
+    device = torch.device(device_name)
+    torch.manual_seed(0)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
+    else:
+        autocast = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
+    real = to_tensor(np.random.default_rng(0).integers(0, 256, (ARGS.batch, ARGS.size, ARGS.size, 3), dtype=np.uint8), device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        torch.cuda.synchronize(device)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    step = make_step(real.shape[-1], real.shape[0], ARGS.width, device, autocast)
-    for i in range(warmup):
+    make_step = {"DCGAN": dcgan_stepper, "VAE-GAN": vaegan_stepper}[which]
+    step = make_step(ARGS.size, ARGS.batch, ARGS.width, device, autocast)
+    for i in range(3):  # warm-up: allocator, oneDNN / cuDNN kernel choice
         step(real, i)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
     for i in range(steps):
-        step(real, warmup + i)
+        step(real, 3 + i)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
     else:
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) * 1024
-    return steps * real.shape[0] / (time.perf_counter() - start), peak
+    return steps * ARGS.batch / (time.perf_counter() - start), peak
+
+
+def _child(which: str, steps: int, device_name: str, args: argparse.Namespace, results) -> None:
+    global ARGS
+    ARGS = args
+    results.put(measure(which, steps, device_name))
+
+
+def in_fresh_process(which: str, steps: int, device_name: str) -> tuple[float, int]:
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    process = context.Process(target=_child, args=(which, steps, device_name, ARGS, results))
+    process.start()
+    outcome = results.get()
+    process.join()
+    return outcome
 
 
 def main() -> None:
@@ -115,27 +146,30 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--width", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per model; the median is reported")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ARGS = args = parser.parse_args()
+    # Alternate the two models over several rounds, each in its own process, and take
+    # medians: a shared machine's slow minute then hits both, not one.
+    runs: dict[str, list[tuple[float, int]]] = {"DCGAN": [], "VAE-GAN": []}
+    for _ in range(args.rounds):
+        for which in runs:
+            runs[which].append(in_fresh_process(which, args.steps, args.device))
+    results = {which: (statistics.median(ips for ips, _ in rows), max(mem for _, mem in rows)) for which, rows in runs.items()}
     device = torch.device(args.device)
-    torch.manual_seed(0)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
-    else:
-        autocast = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
-    real = to_tensor(np.random.default_rng(0).integers(0, 256, (args.batch, args.size, args.size, 3), dtype=np.uint8), device)
-    # VAE-GAN first: on CPU the RSS peak only grows, so the later model's growth reads low.
-    vaegan_ips, vaegan_mem = measure(vaegan_stepper, real, args.steps, device, autocast)
-    dcgan_ips, dcgan_mem = measure(dcgan_stepper, real, args.steps, device, autocast)
     precision = "bf16 autocast" if device.type == "cuda" else "fp32"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"\n{args.size} px, batch {args.batch}, width {args.width}, {precision}, {name}, {args.steps} timed steps\n")
-    print(f"| {'model':<10} | {'images/s':>9} | {'peak memory MiB':>15} | {'vs DCGAN':>8} |")
-    print(f"|{'-' * 12}|{'-' * 11}|{'-' * 17}|{'-' * 10}|")
-    for label, ips, mem in (("DCGAN", dcgan_ips, dcgan_mem), ("VAE-GAN", vaegan_ips, vaegan_mem)):
-        print(f"| {label:<10} | {ips:9.1f} | {mem / 2**20:15.1f} | {ips / dcgan_ips:7.2f}x |")
+    memory = "CUDA max allocated" if device.type == "cuda" else "peak RSS growth"
+    print(f"\n{args.size} px, batch {args.batch}, width {args.width}, {precision}, {name}; "
+          f"median of {args.rounds} rounds x {args.steps} steps, each model in its own process\n")
+    print(f"| {'model':<10} | {'images/s':>9} | {'rounds (images/s)':>26} | {memory + ' MiB':>24} | {'vs DCGAN':>8} |")
+    print(f"|{'-' * 12}|{'-' * 11}|{'-' * 28}|{'-' * 26}|{'-' * 10}|")
+    dcgan_ips = results["DCGAN"][0]
+    for which, (ips, mem) in results.items():
+        rounds = ", ".join(f"{r:.0f}" for r, _ in runs[which])
+        print(f"| {which:<10} | {ips:9.1f} | {rounds:>26} | {mem / 2**20:24.1f} | {ips / dcgan_ips:7.2f}x |")
+    vaegan_ips, vaegan_mem = results["VAE-GAN"]
     ratio = vaegan_ips / dcgan_ips
     print(f"\nVAE-GAN / DCGAN throughput: {ratio:.2f}x (target >= 0.5x): {'MET' if ratio >= 0.5 else 'NOT MET'}")
     if device.type == "cuda":
