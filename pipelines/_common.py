@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
 
 from alphagan.config import Params, load_params
 from alphagan.errors import AlphaGanError
@@ -21,3 +24,12 @@ def stage_main(name: str, body: Callable[[Params], None], argv: Sequence[str] | 
         print(f"{name}: error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def load_prepared(params: Params) -> tuple[np.ndarray, np.ndarray]:
+    """The prepare stage's train and val arrays, memory-mapped (nothing is read yet)."""
+    prepared = Path(params.paths.prepared)
+    try:
+        return np.load(prepared / "train.npy", mmap_mode="r"), np.load(prepared / "val.npy", mmap_mode="r")
+    except FileNotFoundError as exc:
+        raise AlphaGanError(f"{exc.filename} is missing; run the prepare stage first (dvc repro prepare)") from None

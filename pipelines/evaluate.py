@@ -6,14 +6,13 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from alphagan.config import Params
 from alphagan.errors import AlphaGanError
 from alphagan.evaluation import evaluate_model
 from alphagan.training import load_generator, select_device
-from pipelines._common import stage_main
+from pipelines._common import load_prepared, stage_main
 from pipelines.train import train_outputs
 
 
@@ -23,10 +22,8 @@ def run(params: Params) -> None:
     trained = train_outputs(params)
     reports = Path(params.paths.reports) / "evaluate"
     reports.mkdir(parents=True, exist_ok=True)
-    prepared = Path(params.paths.prepared)
+    train_images, val_images = load_prepared(params)
     try:
-        train_images = np.load(prepared / "train.npy", mmap_mode="r")
-        val_images = np.load(prepared / "val.npy", mmap_mode="r")
         run_info = json.loads(trained["run"].read_text())
     except FileNotFoundError as exc:
         raise AlphaGanError(f"{exc.filename} is missing; run the train stage first (dvc repro train)") from None

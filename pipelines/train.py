@@ -15,10 +15,9 @@ import torch
 from PIL import Image
 
 from alphagan.config import Params, flatten
-from alphagan.errors import AlphaGanError
 from alphagan.models import EncoderMoments
 from alphagan.training import TrainingCallbacks, load_generator, select_device, train
-from pipelines._common import stage_main
+from pipelines._common import load_prepared, stage_main
 
 
 def train_outputs(params: Params) -> dict[str, Path]:
@@ -67,11 +66,7 @@ def run(params: Params) -> None:
     outputs = train_outputs(params)
     outputs["metrics"].parent.mkdir(parents=True, exist_ok=True)
     prepared = Path(params.paths.prepared)
-    try:
-        train_images = np.load(prepared / "train.npy", mmap_mode="r")
-        val_images = np.load(prepared / "val.npy", mmap_mode="r")
-    except FileNotFoundError as exc:
-        raise AlphaGanError(f"{exc.filename} is missing; run the prepare stage first (dvc repro prepare)") from None
+    train_images, val_images = load_prepared(params)
     device = select_device(params.train.device)
     previous_run = None
     if params.train.resume and outputs["run"].exists():

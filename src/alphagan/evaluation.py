@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from alphagan.training import to_tensor
+
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 RANDOM_FEATURES_SIZE = 64  # every image is resized (bilinear, antialiased) to this side first
 
@@ -201,8 +203,7 @@ def reconstruct(encoder: nn.Module, decoder: nn.Module, images: np.ndarray, batc
     encoder, decoder = encoder.to(device).eval(), decoder.to(device).eval()
     out = []
     for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.array(images[start:start + batch_size])).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
-        mu, _ = encoder(batch)
+        mu, _ = encoder(to_tensor(images[start:start + batch_size], device))
         out.append(to_uint8(decoder(mu)))
     return np.concatenate(out)
 

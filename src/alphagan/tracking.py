@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 import mlflow  # noqa: E402
+from mlflow.entities import Metric  # noqa: E402
 
 # MLflow caps one log_params call at 100 entries and a param value at 6000 characters.
 _PARAM_BATCH = 100
@@ -76,10 +78,9 @@ def log_params(flat_params: dict[str, Any]) -> None:
 def log_metrics(metrics: dict[str, float], step: int | None = None, run_id: str | None = None) -> None:
     if run_id is None:
         mlflow.log_metrics(metrics, step=step)
-    else:
-        client = mlflow.MlflowClient()
-        for name, value in metrics.items():
-            client.log_metric(run_id, name, value, step=step or 0)
+    else:  # into a run that is not active (evaluate writes into train's): one batched write
+        timestamp = int(time.time() * 1000)
+        mlflow.MlflowClient().log_batch(run_id, metrics=[Metric(name, value, timestamp, step or 0) for name, value in metrics.items()])
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None, run_id: str | None = None) -> None:

@@ -180,7 +180,8 @@ def load_generator(path: Path, map_location: str | torch.device = "cpu") -> tupl
 
 def to_tensor(batch: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 NHWC -> float NCHW in [-1, 1], channels_last."""
-    tensor = torch.from_numpy(np.array(batch, dtype=np.uint8, order="C")).to(device, non_blocking=True)
+    # Copies only what needs it: a read-only memmap slice; a fancy-indexed batch is already fresh.
+    tensor = torch.from_numpy(np.require(batch, np.uint8, ["C", "W"])).to(device, non_blocking=True)
     return (tensor.permute(0, 3, 1, 2).float() / 127.5 - 1.0).contiguous(memory_format=torch.channels_last)
 
 
@@ -208,9 +209,11 @@ class TrainResult:
     final_losses: dict[str, float] = field(default_factory=dict)
 
 
-def _grad_norm(parameters) -> float:
+def _grad_norm(parameters) -> torch.Tensor:
+    """L2 norm over all gradients, left on the device: reading it back would make every
+    step wait for the GPU, so the loop reads it only when it logs."""
     grads = [p.grad for p in parameters if p.grad is not None]
-    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else torch.zeros(())
 
 
 def train_step(model: VaeGan, real: torch.Tensor, params: TrainParams, step: int, autocast) -> dict[str, torch.Tensor]:
@@ -263,8 +266,8 @@ def train_step(model: VaeGan, real: torch.Tensor, params: TrainParams, step: int
     model.optimizer_discriminator.step()
     model.ema_decoder.update_parameters(model.decoder)
     result = {k: v.detach() for k, v in named.items()}
-    result["grad_norm_d"] = torch.tensor(grad_norm_d)
-    result["grad_norm_vae"] = torch.tensor(grad_norm_vae)
+    result["grad_norm_d"] = grad_norm_d
+    result["grad_norm_vae"] = grad_norm_vae
     result["kl_scale"] = torch.tensor(kl_scale)
     return result
 
@@ -338,10 +341,12 @@ def train(
     images_per_second = 0.0
     last: dict[str, float] = {}
     model.encoder.train(); model.decoder.train(); model.discriminator.train()
+    order_epoch, order = -1, np.empty(0, dtype=np.int64)
     while step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
-        # The order of epoch e depends only on (seed, e): resuming mid-epoch needs no saved state.
-        order = np.random.default_rng([seed, epoch]).permutation(count)
+        if epoch != order_epoch:
+            # The order of epoch e depends only on (seed, e): resuming mid-epoch needs no saved state.
+            order_epoch, order = epoch, np.random.default_rng([seed, epoch]).permutation(count)
         rows = np.sort(order[offset * batch_size:(offset + 1) * batch_size])
         real = to_tensor(train_images[rows], device)
         named = train_step(model, real, params, step, autocast)
