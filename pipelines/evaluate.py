@@ -10,7 +10,7 @@ from PIL import Image
 
 from alphagan.config import Params
 from alphagan.errors import AlphaGanError
-from alphagan.evaluation import evaluate_model
+from alphagan.evaluation import VALIDATED_METRICS, evaluate_model
 from alphagan.training import load_generator, select_device
 from pipelines._common import load_prepared, stage_main
 from pipelines.train import train_outputs
@@ -34,21 +34,25 @@ def run(params: Params) -> None:
         params.evaluate.batch_size, params.seed, params.evaluate.inception_weights, params.evaluate.nearest_neighbours, device)
     for name, picture in pictures.items():
         Image.fromarray(picture).save(reports / f"{name}.png")
-    note = metrics.pop("eval/inception_note")
+    note, warnings = metrics.pop("eval/inception_note"), metrics.pop("eval/warnings")
+    for warning in filter(None, warnings.split("; ")):
+        print(f"evaluate: warning: {warning}", file=sys.stderr)
     numbers = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}
     # Flat names without the namespace: `dvc exp show` columns stay short.
     (reports / "metrics.json").write_text(json.dumps(
-        {**{k.removeprefix("eval/"): v for k, v in numbers.items()}, "inception_note": note, "run_id": run_info["run_id"]},
-        indent=2))
+        {**{k.removeprefix("eval/"): v for k, v in numbers.items()}, "validated_metrics": list(VALIDATED_METRICS),
+         "warnings": warnings, "inception_note": note, "run_id": run_info["run_id"]}, indent=2))
     tracking.use_experiment(params.train.experiment_name)
     run_id = run_info["run_id"]
     tracking.log_metrics({k: float(v) for k, v in numbers.items()}, run_id=run_id)
-    tracking.set_tags({"eval_inception_note": note}, run_id=run_id)
+    tracking.set_tags({"eval_inception_note": note, "eval_warnings": warnings}, run_id=run_id)
     for name in pictures:
         tracking.log_artifact(reports / f"{name}.png", "evaluate", run_id=run_id)
     tracking.log_artifact(reports / "metrics.json", "evaluate", run_id=run_id)
-    print(f"evaluate: fd_random {numbers['eval/fd_random']:.3f} (real vs real {numbers['eval/fd_random_real_vs_real']:.3f}, "
-          f"noise {numbers['eval/fd_random_noise']:.3f}), PSNR {numbers['eval/psnr']:.2f} dB; {note}")
+    print(f"evaluate: swd {numbers['eval/swd']:.1f} = {numbers['eval/swd_ratio']:.2f}x its real-data floor "
+          f"{numbers['eval/swd_floor']:.1f} (fd_random {numbers['eval/fd_random']:.3f}, floor {numbers['eval/fd_random_floor']:.3f}; "
+          f"{numbers['eval/count']} images a side), memorisation ratio {numbers['eval/memorisation_ratio']:.2f}, "
+          f"PSNR {numbers['eval/psnr']:.2f} dB; {note}")
 
 
 def main(argv=None) -> int:

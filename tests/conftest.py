@@ -40,3 +40,21 @@ def write_params(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def real_faces(tmp_path_factory):
+    """600 real prepared faces at 32 px: DiceBear renders (all six default styles), decoded
+    and resized as the prepare stage does, in a seeded random order."""
+    import numpy as np
+
+    from alphagan.config import DicebearParams
+    from alphagan.imaging import prepare_image
+    from alphagan.sources.dicebear import render_avatars
+
+    styles = ("adventurer", "lorelei", "notionists", "micah", "big-smile", "open-peeps")
+    raw = tmp_path_factory.mktemp("faces")
+    render_avatars(DicebearParams(count=600, styles=styles), 32, 11, raw)
+    paths = sorted(raw.rglob("*.png"))
+    faces = np.stack([prepare_image(p, 32) for p in paths])
+    return faces[np.random.default_rng(0).permutation(len(faces))]

@@ -8,7 +8,10 @@ import scipy.linalg
 import torch
 
 from alphagan import evaluation
-from alphagan.evaluation import (RandomFeatures, frechet_distance, kernel_distance, precision_recall)
+from alphagan.metrics.distances import (MultiscaleSWD, frechet_distance, kernel_distance, laplacian_pyramid,
+                                        multiscale_swd, precision_recall, sliced_wasserstein)
+from alphagan.metrics.features import RandomFeatures
+from alphagan.metrics.memorisation import memorisation_report
 
 
 def reference_fd(mu1, s1, mu2, s2):
@@ -27,25 +30,117 @@ def test_frechet_distance_matches_scipy_sqrtm(dim):
     assert frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-6 * np.trace(s1))
 
 
-def test_kid_and_precision_recall_behave():
+def reference_kid(x, y):
+    """Unbiased MMD^2 with the cubic kernel, written out with loops (Binkowski et al. 2018, eq. 3)."""
+    def k(a, b):
+        return (a @ b / len(a) + 1) ** 3
+    m = len(x)
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / (m * m)
+    return xx + yy - 2 * xy
+
+
+def test_kid_matches_the_written_out_formula():
     rng = np.random.default_rng(0)
-    real = rng.normal(size=(60, 16))
-    same, shifted = rng.normal(size=(60, 16)), rng.normal(loc=3.0, size=(60, 16))
-    kid_same, _, _ = kernel_distance(real, same, subsets=20)
-    kid_far, _, _ = kernel_distance(real, shifted, subsets=20)
-    assert abs(kid_same) < kid_far / 20
-    _, _, subset = kernel_distance(real[:5], same, subsets=3)  # fewer samples than the subset size
+    x, y = rng.normal(size=(12, 5)), rng.normal(loc=0.5, size=(12, 5))
+    # One subset of all 12 rows: a permutation, which MMD^2 does not see.
+    ours, _, size = kernel_distance(x, y, subsets=1, subset_size=12)
+    assert size == 12 and ours == pytest.approx(reference_kid(x, y), rel=1e-10)
+    _, _, subset = kernel_distance(x[:5], y, subsets=3)  # fewer samples than the subset size
     assert subset == 5
-    assert precision_recall(real, real) == (1.0, 1.0)
-    precision, recall = precision_recall(real, shifted + 10)
-    assert precision == 0.0 and recall == 0.0
 
 
-def test_random_features_are_fixed_and_size_independent():
+def reference_precision_recall(real, fake, k=3):
+    """Kynkaenniemi et al. 2019 with explicit loops."""
+    def radius(points, i):
+        return sorted(np.linalg.norm(points - points[i], axis=1))[k]
+
+    def covered(support, query):
+        radii = [radius(support, i) for i in range(len(support))]
+        return np.mean([any(np.linalg.norm(q - s) <= r for s, r in zip(support, radii)) for q in query])
+
+    return covered(real, fake), covered(fake, real)
+
+
+def test_precision_recall_match_an_independent_computation():
+    rng = np.random.default_rng(1)
+    real, fake = rng.normal(size=(40, 3)), rng.normal(loc=0.8, scale=1.5, size=(30, 3))
+    precision, recall = precision_recall(real, fake)
+    expected = reference_precision_recall(real, fake)
+    assert (precision, recall) == pytest.approx(expected)
+    assert 0 < precision < 1 and 0 < recall < 1  # a case where both can be wrong
+
+
+def test_random_features_are_fixed_and_resize_any_input_to_64_px():
+    import torch.nn.functional as F
+
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8))
     a, b = RandomFeatures()(images), RandomFeatures()(images)
     assert a.shape == (2, 512) and torch.equal(a, b)
     assert not torch.equal(a, RandomFeatures(seed=1)(images))
+    # Feeding the 64 px version (resized as documented) gives the same features as the 32 px input.
+    as_float = images.float() / 127.5 - 1
+    upsized = ((F.interpolate(as_float, size=(64, 64), mode="bilinear", antialias=True, align_corners=False) + 1) * 127.5)
+    net = RandomFeatures()
+    x = upsized / 127.5 - 1.0
+    for conv in net.convs:
+        x = torch.relu(conv(x))
+    assert torch.allclose(a, x.mean(dim=(2, 3)), atol=1e-5)
+    assert net(upsized.round().clamp(0, 255).to(torch.uint8)).shape == (2, 512)
+
+
+def test_laplacian_pyramid_bands_add_back_to_the_image():
+    from alphagan.metrics.distances import _blur
+
+    images = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    bands = laplacian_pyramid(images, 3)
+    assert [b.shape[-1] for b in bands] == [32, 16, 8]
+    current = bands[-1]
+    for band in reversed(bands[:-1]):  # collapse: upsample, blur, add the band back
+        upsampled = torch.zeros_like(band)
+        upsampled[:, :, ::2, ::2] = current * 4
+        current = band + _blur(upsampled)
+    assert torch.allclose(current, images, atol=1e-10)
+
+
+def test_sliced_wasserstein_of_a_shift_is_the_mean_projected_shift():
+    points = torch.randn(500, 4, dtype=torch.float64)
+    assert sliced_wasserstein(points, points) == 0
+    # Shifting every point by s moves each sorted projection by s.u: W1 per direction = |s.u|.
+    shift = torch.tensor([1.0, 0, 0, 0], dtype=torch.float64)
+    directions = torch.randn(4, 256, generator=torch.Generator().manual_seed(3)).double()  # as drawn inside
+    directions /= directions.norm(dim=0, keepdim=True)
+    assert sliced_wasserstein(points, points + shift, seed=3) == pytest.approx(float((shift @ directions).abs().mean()), rel=1e-6)
+
+
+def test_multiscale_swd_sees_the_right_band(real_faces):
+    reference, same_kind = real_faces[:150], real_faces[150:300]
+    swd = MultiscaleSWD(reference)
+    floor = swd(same_kind)
+    assert set(floor) == {32, 16, 8} and swd(reference) == {32: 0.0, 16: 0.0, 8: 0.0}
+    rng = np.random.default_rng(0)
+    speckled = np.clip(same_kind + rng.normal(0, 30, same_kind.shape), 0, 255).astype(np.uint8)
+    darker = (same_kind * 0.6).astype(np.uint8)
+    assert swd(speckled)[32] > 3 * floor[32]  # fine noise: finest band
+    assert swd(darker)[8] > 3 * floor[8]  # a global colour change: the coarse low-pass band
+    with pytest.raises(ValueError, match="equal counts"):
+        multiscale_swd(reference, same_kind[:100])
+
+
+def test_memorisation_flags_copies_and_not_held_out_faces(real_faces):
+    training, held_out = real_faces[:400], real_faces[400:500]
+    rng = np.random.default_rng(0)
+    copies = np.clip(training[:100].astype(int) + rng.integers(-3, 4, training[:100].shape), 0, 255).astype(np.uint8)
+    copied = memorisation_report(copies, training, held_out)
+    honest = memorisation_report(real_faces[500:600], training, held_out)
+    assert copied.ratio < 0.3 and copied.copy_fraction > 0.9
+    assert 0.7 < honest.ratio < 1.3 and honest.copy_fraction < 0.1
+    assert np.all(np.diff(copied.closest_distances) >= 0)  # closest pairs first
+    assert set(copied.closest_training) <= set(range(100))  # each copy found its own original
+    # Colour-blind: a recoloured copy is still a copy.
+    recoloured = copies[:, :, :, ::-1].copy()
+    assert memorisation_report(recoloured, training, held_out).copy_fraction > 0.5
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +182,8 @@ def test_inception_path_runs_offline_with_weights_in_the_hub_cache(standin_incep
         metrics, _ = evaluation.evaluate_model(decoder, encoder, 8, train, val, num_samples=6, batch_size=4, seed=0)
     finally:
         torch.hub.set_dir(hub_before)
-    assert np.isfinite(metrics["eval/fid_inception"]) and metrics["eval/fid_inception"] >= 0
+    assert np.isfinite(metrics["eval/fid_inception"]) and np.isfinite(metrics["eval/fid_inception_floor"])
+    assert metrics["eval/fid_inception"] != metrics["eval/fid_inception_floor"]
     assert "kid_inception" in json.dumps(list(metrics))
     assert metrics["eval/inception_note"].startswith("InceptionV3 weights from torch hub cache")
 
@@ -99,9 +195,13 @@ def test_missing_inception_weights_are_reported_not_substituted(tmp_path):
     assert "eval/fid_inception" not in metrics and "eval/kid_inception" not in metrics
     assert metrics["eval/inception_note"] == f"FID/KID (Inception) not computed: evaluate.inception_weights {tmp_path / 'nope.pth'} does not exist"
     # The offline metrics are all there, with their baselines and sample counts.
-    for name in ("fd_random", "kid_random", "precision_random", "recall_random", "fd_random_real_vs_real",
-                 "fd_random_noise", "psnr", "ssim", "recon_feature_mse_random", "nn_distance_random_mean"):
-        assert np.isfinite(metrics[f"eval/{name}"]), name
-    assert metrics["eval/num_generated"] == 12 and metrics["eval/num_real"] == 6 and metrics["eval/kid_subset_size"] == 6
+    for name in ("fd_random", "kid_random", "precision_random", "recall_random", "swd", "swd_16", "swd_8",
+                 "psnr", "ssim", "memorisation_ratio", "nn_distance_median_real"):
+        for suffix in ("", "_floor") if not name.startswith(("psnr", "ssim", "memo", "nn_")) else ("",):
+            assert np.isfinite(metrics[f"eval/{name}{suffix}"]), name + suffix
+    # Equal counts: the val split (6) bounds every draw; 6 images a side is flagged as noise.
+    assert metrics["eval/num_generated"] == 12 and metrics["eval/count"] == 6
+    assert metrics["eval/small_sample"] == 1 and "only 6 images per side" in metrics["eval/warnings"]
+    assert metrics["eval/swd_ratio"] == pytest.approx(metrics["eval/swd"] / metrics["eval/swd_floor"])
     assert pictures["samples"].shape == (2 + 2 * 18, 8 * 18 + 2, 3)
     assert pictures["nearest_neighbours"].dtype == np.uint8

@@ -114,7 +114,11 @@ def test_dvc_repro_runs_the_pipeline_and_is_idempotent(tmp_path):
     dvc("plots", "show", "-o", str(tmp_path / "plots"))
     assert (tmp_path / "plots" / "index.html").exists()
     evaluate_metrics = json.loads((tmp_path / "reports/evaluate/metrics.json").read_text())
-    assert "not computed" in evaluate_metrics["inception_note"] or "fid_inception" in evaluate_metrics
+    # Either a FID with its floor, or a note that says why not: never both, never neither.
+    assert ("fid_inception" in evaluate_metrics) != evaluate_metrics["inception_note"].startswith("FID/KID (Inception) not computed")
+    assert ("fid_inception" in evaluate_metrics) == ("fid_inception_floor" in evaluate_metrics)
+    assert evaluate_metrics["swd_ratio"] == pytest.approx(evaluate_metrics["swd"] / evaluate_metrics["swd_floor"], rel=1e-3)
+    assert evaluate_metrics["validated_metrics"] == ["swd"]
 
     # Two experiments, compared by `dvc exp show`; each MLflow run carries its experiment's name.
     for name, lr in (("lr-high", "0.002"), ("lr-low", "0.0001")):
@@ -145,7 +149,7 @@ def test_dvc_repro_runs_the_pipeline_and_is_idempotent(tmp_path):
 
     lrs = {name: first(data.get("params"), "lr") for name, data in found.items()}
     assert lrs == {"lr-high": 0.002, "lr-low": 0.0001}
-    fds = {name: first(data.get("metrics"), "fd_random") for name, data in found.items()}
+    fds = {name: first(data.get("metrics"), "swd") for name, data in found.items()}
     assert None not in fds.values()
     assert fds["lr-high"] != fds["lr-low"]
 

@@ -116,7 +116,9 @@ class TrainParams(_Section):
     base_channels: int = Field(32, ge=1)
     max_channels: int = Field(256, ge=1)
     upsample: Literal["transposed", "resize"] = "transposed"
-    adversarial_loss: Literal["bce", "hinge", "nonsaturating"] = "hinge"
+    adversarial_loss: Literal["bce", "hinge"] = "hinge"
+    gradient_routing: Literal["larsen", "shared"] = "larsen"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     spectral_norm: bool = True
     kl_weight: float = Field(8.0, ge=0)
     kl_warmup_steps: int = Field(500, ge=0)

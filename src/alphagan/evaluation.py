@@ -1,136 +1,41 @@
-"""Evaluation: sample quality, reconstruction and memorisation, with honest baselines.
+"""Evaluation: sample quality, reconstruction and memorisation, with honest floors.
 
-Two feature spaces:
-  - ``random``: a seeded, randomly initialised conv net (:class:`RandomFeatures`), always
-    available offline. Naeem et al. 2020 ("Reliable Fidelity and Diversity Metrics for
-    Generative Models") found random embeddings informative for such metrics. Scores in
-    it compare runs of this project, not papers; real-vs-real and noise baselines are
-    reported beside them so a reader can place a score.
-  - ``inception``: the standard InceptionV3 (2015 TF weights) through torch-fidelity, when
-    its weights can be had. Offline without them the metrics are not computed, and the
-    result says why; nothing is substituted under their names.
+The evaluate stage calls :func:`evaluate_model`; the instruments live in
+:mod:`alphagan.metrics`. Every distance between generated and real images is measured
+at equal counts on seeded random draws against the val split, beside the same distance
+for held-out real images (train split, disjoint from val): the floor
+(:mod:`alphagan.metrics.baselines` explains why both halves of that matter).
 
-One Fréchet distance implementation (:func:`frechet_distance`) serves both.
+Which metrics judge samples: only those that pass the degradation ladder
+(:data:`VALIDATED_METRICS`, checked by ``tests/test_metrics_ladder.py`` and printed by
+``benchmarks/metrics_ladder.py``). The others are reported for context.
+
+The standard InceptionV3 FID (2015 TF weights, torch-fidelity) is computed when its
+weights can be had; offline without them it is not, and the result says why.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from alphagan.metrics.baselines import RATIO_METRICS, score_at_equal_counts
+from alphagan.metrics.distances import frechet_distance_of, kernel_distance
+from alphagan.metrics.features import extract
+from alphagan.metrics.memorisation import memorisation_report
 from alphagan.training import to_tensor
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
-RANDOM_FEATURES_SIZE = 64  # every image is resized (bilinear, antialiased) to this side first
 
+#: The metrics that passed the degradation ladder: the only ones used to choose settings.
+VALIDATED_METRICS = ("swd",)
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2)) (Heusel et al. 2017), in float64.
-
-    tr((S1 S2)^(1/2)) = tr((S1^(1/2) S2 S1^(1/2))^(1/2)): the inner matrix is symmetric PSD,
-    so two symmetric eigen-decompositions replace the general ``sqrtm`` (faster and stable
-    for singular covariances).
-    """
-    mu1, mu2 = torch.as_tensor(mu1, dtype=torch.float64), torch.as_tensor(mu2, dtype=torch.float64)
-    s1, s2 = torch.as_tensor(sigma1, dtype=torch.float64), torch.as_tensor(sigma2, dtype=torch.float64)
-    values, vectors = torch.linalg.eigh((s1 + s1.T) / 2)
-    s1_half = (vectors * values.clamp(min=0).sqrt()) @ vectors.T
-    inner = s1_half @ s2 @ s1_half
-    trace_sqrt = torch.linalg.eigvalsh((inner + inner.T) / 2).clamp(min=0).sqrt().sum()
-    distance = (mu1 - mu2).square().sum() + torch.trace(s1) + torch.trace(s2) - 2 * trace_sqrt
-    return float(distance.clamp(min=0))
-
-
-def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    features = np.asarray(features, dtype=np.float64)
-    return features.mean(axis=0), np.cov(features, rowvar=False)
-
-
-def frechet_distance_of(a: np.ndarray, b: np.ndarray) -> float:
-    return frechet_distance(*feature_statistics(a), *feature_statistics(b))
-
-
-def kernel_distance(real: np.ndarray, fake: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float, int]:
-    """KID (Binkowski et al. 2018): unbiased MMD^2 with the kernel (x.y / d + 1)^3.
-
-    Averaged over random subsets; the subset size shrinks to the smaller sample count, so
-    few samples never crash. Returns (mean, std, subset size).
-    """
-    real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
-    size = min(subset_size, len(real), len(fake))
-    if size < 2:
-        raise ValueError("KID needs at least 2 samples on each side")
-    rng = np.random.default_rng(seed)
-    dim = real.shape[1]
-    scores = []
-    for _ in range(subsets):
-        x = real[rng.choice(len(real), size, replace=False)]
-        y = fake[rng.choice(len(fake), size, replace=False)]
-        k_xx, k_yy, k_xy = ((x @ x.T / dim + 1) ** 3, (y @ y.T / dim + 1) ** 3, (x @ y.T / dim + 1) ** 3)
-        off_diagonal = size * (size - 1)
-        scores.append((k_xx.sum() - np.trace(k_xx)) / off_diagonal + (k_yy.sum() - np.trace(k_yy)) / off_diagonal
-                      - 2 * k_xy.mean())
-    return float(np.mean(scores)), float(np.std(scores)), size
-
-
-def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:
-    """Improved precision and recall (Kynkäänniemi et al. 2019) with k-NN balls.
-
-    precision: share of fakes inside some real sample's ball (radius = distance to its
-    k-th real neighbour); recall: the same with the roles swapped.
-    """
-    real_t, fake_t = torch.as_tensor(real, dtype=torch.float32), torch.as_tensor(fake, dtype=torch.float32)
-
-    def radii(points):
-        k_eff = min(k, len(points) - 1)
-        distances = torch.cdist(points, points)
-        return distances.kthvalue(k_eff + 1, dim=1).values  # +1: the point itself is at 0
-
-    def coverage(support, support_radii, queries):
-        inside = torch.zeros(len(queries), dtype=torch.bool)
-        for start in range(0, len(queries), 1024):
-            d = torch.cdist(queries[start:start + 1024], support)
-            inside[start:start + 1024] = (d <= support_radii[None, :]).any(dim=1)
-        return float(inside.float().mean())
-
-    return coverage(real_t, radii(real_t), fake_t), coverage(fake_t, radii(fake_t), real_t)
-
-
-class RandomFeatures(nn.Module):
-    """A fixed random embedding: uint8 (B, 3, H, W) -> (B, 512).
-
-    Resize to 64x64 (bilinear, antialiased), scale to [-1, 1], four stride-2 3x3 convs
-    (64-128-256-512 channels, ReLU, He-normal weights from ``torch.Generator`` seed 0),
-    global average pool. Same seed, same space, on any machine.
-    """
-
-    def __init__(self, seed: int = 0):
-        super().__init__()
-        generator = torch.Generator().manual_seed(seed)
-        widths = [3, 64, 128, 256, 512]
-        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, 2, 1) for a, b in zip(widths, widths[1:]))
-        with torch.no_grad():
-            for conv in self.convs:
-                fan_in = conv.in_channels * 9
-                conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * math.sqrt(2.0 / fan_in))
-                conv.bias.zero_()
-        self.requires_grad_(False)
-        self.eval()
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float() / 127.5 - 1.0
-        if x.shape[-1] != RANDOM_FEATURES_SIZE:
-            x = F.interpolate(x, size=(RANDOM_FEATURES_SIZE, RANDOM_FEATURES_SIZE), mode="bilinear", antialias=True, align_corners=False)
-        for conv in self.convs:
-            x = F.relu(conv(x))
-        return x.mean(dim=(2, 3))
+#: Below this many images per side, distances are too noisy to compare runs: flagged.
+MIN_RELIABLE_COUNT = 100
 
 
 def find_inception_weights(configured: str) -> tuple[str | None, str]:
@@ -164,20 +69,6 @@ def inception_extractor(configured_weights: str) -> tuple[nn.Module | None, str]
         return None, (f"InceptionV3 weights could not be downloaded ({why}); put {INCEPTION_WEIGHTS_FILE} in "
                       f"{Path(torch.hub.get_dir()) / 'checkpoints'} or set evaluate.inception_weights")
     return model, source or "downloaded by torch-fidelity"
-
-
-@torch.no_grad()
-def extract(model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
-    """Features of uint8 NHWC images, in batches."""
-    model = model.to(device)
-    out = []
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.array(images[start:start + batch_size], dtype=np.uint8)).permute(0, 3, 1, 2).to(device)
-        features = model(batch)
-        if isinstance(features, (tuple, list)):
-            features = features[0]
-        out.append(features.reshape(len(batch), -1).double().cpu().numpy())
-    return np.concatenate(out)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -218,13 +109,6 @@ def reconstruction_quality(real: np.ndarray, reconstructed: np.ndarray) -> dict[
             "ssim": float(StructuralSimilarityIndexMeasure(data_range=1.0)(b, a))}
 
 
-def nearest_neighbours(queries: np.ndarray, references: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index and L2 distance of each query's nearest reference (feature space)."""
-    distances = torch.cdist(torch.as_tensor(queries, dtype=torch.float32), torch.as_tensor(references, dtype=torch.float32))
-    best = distances.min(dim=1)
-    return best.indices.numpy(), best.values.numpy()
-
-
 def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
     """uint8 NHWC -> one HxWx3 grid with 2 px black padding."""
     from torchvision.utils import make_grid
@@ -233,65 +117,77 @@ def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
     return make_grid(tensor, nrow=columns, padding=2).permute(1, 2, 0).numpy()
 
 
-@dataclass
-class SpaceScores:
-    """Scores of generated (and baseline) images in one feature space."""
+def quality_scores(reference: np.ndarray, generated: np.ndarray, held_out_real: np.ndarray, seed: int,
+                   draws: int = 3, count: int | None = None, batch_size: int = 100,
+                   device: torch.device | None = None) -> dict[str, float]:
+    """Generated vs real at equal counts, against the same reference draws.
 
-    fd: float
-    kid: float
-    kid_std: float
-    kid_subset_size: int
-    precision: float
-    recall: float
-
-
-def score_space(real: np.ndarray, fake: np.ndarray, seed: int) -> SpaceScores:
-    kid, kid_std, subset = kernel_distance(real, fake, seed=seed)
-    precision, recall = precision_recall(real, fake)
-    return SpaceScores(frechet_distance_of(real, fake), kid, kid_std, subset, precision, recall)
+    For each metric ``m``: ``m`` (generated, mean over draws), ``m_std`` (its spread over
+    draws), ``m_floor`` and ``m_floor_std`` (held-out real images scored the same way),
+    and for biased distances ``m_ratio`` = ``m / m_floor`` (1.0 = as good as real data).
+    Also ``count`` (images per side) and ``draws``.
+    """
+    count = count or min(len(reference), len(generated), len(held_out_real))
+    scores = score_at_equal_counts(reference, {"generated": generated, "real": held_out_real}, count, draws, seed,
+                                   batch_size, device)
+    out: dict[str, float] = {"count": count, "draws": draws}
+    for metric, summary in scores["generated"].items():
+        floor = scores["real"][metric]
+        out.update({metric: summary.mean, f"{metric}_std": summary.std, f"{metric}_floor": floor.mean,
+                    f"{metric}_floor_std": floor.std})
+        if metric in RATIO_METRICS or metric.startswith("swd"):
+            out[f"{metric}_ratio"] = summary.mean / floor.mean if floor.mean > 0 else float("nan")
+    return out
 
 
 def evaluate_model(
     decoder: nn.Module, encoder: nn.Module, latent_dim: int, train_images: np.ndarray, val_images: np.ndarray,
     num_samples: int, batch_size: int, seed: int, inception_weights: str = "", nearest: int = 8,
-    device: torch.device | None = None,
+    device: torch.device | None = None, draws: int = 3,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """All evaluation metrics (``eval/...``) and the pictures (samples, nearest neighbours)."""
+    """All evaluation metrics (``eval/...``), warnings, and the pictures (samples, closest pairs).
+
+    The val split is the reference; random train images (disjoint from val) are the
+    real-data floor. With fewer than :data:`MIN_RELIABLE_COUNT` images per side the
+    numbers are still reported, with ``eval/small_sample`` set and a warning.
+    """
     device = device or torch.device("cpu")
-    real = np.asarray(val_images) if len(val_images) >= 2 else np.asarray(train_images)
+    train_images = np.asarray(train_images)
+    reference = np.asarray(val_images) if len(val_images) >= 2 else train_images
     fake = generate(decoder, num_samples, latent_dim, seed, batch_size, device)
-    noise = np.random.default_rng(seed).integers(0, 256, (len(real),) + real.shape[1:], dtype=np.uint8)
-    metrics: dict[str, Any] = {"eval/num_generated": len(fake), "eval/num_real": len(real)}
+    quality = quality_scores(reference, fake, train_images, seed, draws=draws, batch_size=batch_size, device=device)
+    metrics: dict[str, Any] = {f"eval/{k}": v for k, v in quality.items()}
+    metrics["eval/num_generated"] = len(fake)
+    warnings = []
+    if quality["count"] < MIN_RELIABLE_COUNT:
+        warnings.append(f"only {quality['count']} images per side (val {len(val_images)}, train {len(train_images)}, "
+                        f"generated {len(fake)}): distances this small are noise; compare runs on a larger val split")
+    metrics["eval/small_sample"] = int(bool(warnings))
 
-    random_net = RandomFeatures()
-    real_f, fake_f = extract(random_net, real, batch_size, device), extract(random_net, fake, batch_size, device)
-    scores = score_space(real_f, fake_f, seed)
-    metrics.update({"eval/fd_random": scores.fd, "eval/kid_random": scores.kid, "eval/kid_random_std": scores.kid_std,
-                    "eval/kid_subset_size": scores.kid_subset_size,
-                    "eval/precision_random": scores.precision, "eval/recall_random": scores.recall})
-    half = len(real_f) // 2
-    metrics["eval/fd_random_real_vs_real"] = frechet_distance_of(real_f[:half], real_f[half:2 * half])
-    metrics["eval/fd_random_noise"] = frechet_distance_of(real_f, extract(random_net, noise, batch_size, device))
+    reconstructed = reconstruct(encoder, decoder, reference, batch_size, device)
+    metrics.update({f"eval/{k}": v for k, v in reconstruction_quality(reference, reconstructed).items()})
 
-    reconstructed = reconstruct(encoder, decoder, real, batch_size, device)
-    quality = reconstruction_quality(real, reconstructed)
-    rec_f = extract(random_net, reconstructed, batch_size, device)
-    metrics.update({"eval/psnr": quality["psnr"], "eval/ssim": quality["ssim"],
-                    "eval/recon_feature_mse_random": float(np.mean(np.sum((rec_f - real_f) ** 2, axis=1)) / real_f.shape[1])})
-
-    train_f = extract(random_net, train_images, batch_size, device)
-    shown = min(nearest, len(fake))
-    index, distance = nearest_neighbours(fake_f[:shown], train_f)
-    pairs = np.stack([fake[:shown], np.asarray(train_images)[index]], axis=1).reshape(-1, *fake.shape[1:])
-    metrics["eval/nn_distance_random_mean"] = float(distance.mean())
+    memo = memorisation_report(fake, train_images, reference, shown=nearest)
+    metrics.update({"eval/nn_distance_median": memo.generated_median, "eval/nn_distance_median_real": memo.real_median,
+                    "eval/memorisation_ratio": memo.ratio, "eval/copy_fraction": memo.copy_fraction})
+    pairs = np.stack([fake[memo.closest], train_images[memo.closest_training]], axis=1).reshape(-1, *fake.shape[1:])
 
     inception, source = inception_extractor(inception_weights)
     if inception is None:
         metrics["eval/inception_note"] = f"FID/KID (Inception) not computed: {source}"
     else:
-        real_i, fake_i = extract(inception, real, batch_size, device), extract(inception, fake, batch_size, device)
+        count = quality["count"]
+        rng = np.random.default_rng([seed, 0])
+        rows = {name: np.sort(rng.choice(len(images), count, replace=False))
+                for name, images in (("reference", reference), ("generated", fake), ("real", train_images))}
+        real_i = extract(inception, reference[rows["reference"]], batch_size, device)
+        fake_i = extract(inception, fake[rows["generated"]], batch_size, device)
+        floor_i = extract(inception, train_images[rows["real"]], batch_size, device)
         kid, kid_std, _ = kernel_distance(real_i, fake_i, seed=seed)
-        metrics.update({"eval/fid_inception": frechet_distance_of(real_i, fake_i), "eval/kid_inception": kid,
-                        "eval/kid_inception_std": kid_std, "eval/inception_note": f"InceptionV3 weights from {source}"})
-    pictures = {"samples": image_grid(fake[:64], 8), "nearest_neighbours": image_grid(pairs, 2 * min(4, shown))}
+        metrics.update({"eval/fid_inception": frechet_distance_of(real_i, fake_i),
+                        "eval/fid_inception_floor": frechet_distance_of(real_i, floor_i),
+                        "eval/kid_inception": kid, "eval/kid_inception_std": kid_std,
+                        "eval/inception_note": f"InceptionV3 weights from {source}, {count} images a side, one draw"})
+    metrics["eval/warnings"] = "; ".join(warnings)
+    pictures = {"samples": image_grid(fake[:64], 8), "nearest_neighbours": image_grid(pairs, 2 * min(4, len(memo.closest)))}
     return metrics, pictures

@@ -37,8 +37,8 @@ def pixel_reconstruction_loss(reconstructed: torch.Tensor, real: torch.Tensor) -
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
     """The discriminator's loss on real and fake logits.
 
-    - ``bce``: binary cross-entropy with labels 1 / 0, as in the Keras original.
-    - ``nonsaturating``: the same logistic loss written with softplus (Goodfellow et al. 2014).
+    - ``bce``: binary cross-entropy with labels 1 / 0, as in the Keras original (the
+      logistic loss of Goodfellow et al. 2014; "non-saturating" names the same thing).
     - ``hinge``: mean(relu(1 - real)) + mean(relu(1 + fake)) (Lim and Ye 2017; Miyato et al. 2018).
     """
     if kind == "hinge":
@@ -46,20 +46,14 @@ def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kin
     if kind == "bce":
         return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
                 + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
-    if kind == "nonsaturating":
-        return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
     raise ValueError(f"unknown adversarial loss {kind!r}")
 
 
 def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
-    """The generator's adversarial loss: ``-mean(fake)`` for hinge; ``-log D(G(z))`` otherwise.
-
-    (``bce`` with label 1 and ``nonsaturating`` coincide for the generator.)
-    """
+    """The generator's adversarial loss: ``-mean(fake)`` for hinge; for ``bce`` the
+    non-saturating ``-log D(G(z))`` (BCE against label 1), as in the Keras original."""
     if kind == "hinge":
         return -fake_logits.mean()
     if kind == "bce":
         return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
-    if kind == "nonsaturating":
-        return F.softplus(-fake_logits).mean()
     raise ValueError(f"unknown adversarial loss {kind!r}")

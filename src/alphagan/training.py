@@ -57,6 +57,13 @@ class TrainingCallbacks:
         """HxWx3 uint8 grids at the end of an epoch: ``samples_ema``, ``samples_raw``, ``reconstructions``."""
 
 
+def autocast_for(device: torch.device, precision: str):
+    """A factory of autocast contexts: bf16 when ``precision`` is bf16, or auto on CUDA;
+    fp32 otherwise (most CPUs have no bf16 units: autocast there is many times slower)."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+
 def model_config(params: TrainParams, image_size: int) -> ModelConfig:
     return ModelConfig(
         image_size=image_size, latent_dim=params.latent_dim, base_channels=params.base_channels,
@@ -220,23 +227,29 @@ def train_step(model: VaeGan, real: torch.Tensor, params: TrainParams, step: int
     """One update of all three networks from one shared forward pass; returns the losses (detached).
 
     As in Larsen et al. 2016 (Algorithm 1), every gradient is taken against the same
-    networks before any of them moves. The discriminator sees [real; reconstructions;
-    prior samples] once, and two backward passes split that graph: the encoder/decoder
-    loss flows only into the encoder and decoder, the discriminator loss only into the
-    discriminator (``inputs=``), so neither player's loss moves the other. Against the
-    alternating scheme this saves a whole discriminator forward over 3 batches.
+    networks before any of them moves. The decoder runs once over [posterior; prior]
+    latents, so its batch norm sees one mixed batch (not the two populations in turn),
+    and the discriminator sees [real; reconstructions; prior samples] once. The
+    discriminator loss reaches only the discriminator (``inputs=``). Gradient routing
+    for the encoder/decoder (``train.gradient_routing``):
+
+    - ``larsen``: Algorithm 1. The encoder gets KL + reconstruction (feature + pixel);
+      the decoder gets reconstruction + adversarial. One more backward pass.
+    - ``shared``: one backward of the whole VAE loss into both, so the adversarial term
+      also reaches the encoder through the reconstructions.
     """
     kind, policy = params.adversarial_loss, params.diffaugment
     values_per_image = real[0].numel()
     batch = real.shape[0]
-    vae_parameters = [*model.encoder.parameters(), *model.decoder.parameters()]
+    encoder_parameters, decoder_parameters = list(model.encoder.parameters()), list(model.decoder.parameters())
     discriminator_parameters = list(model.discriminator.parameters())
 
     with autocast():
         mu, logvar = model.encoder(real)
-        reconstructed = model.decoder(reparameterize(mu, logvar))
-        prior = model.decoder(torch.randn(batch, model.config.latent_dim, device=real.device, dtype=mu.dtype))
-        logits, features = model.discriminator(diff_augment(torch.cat([real, reconstructed, prior]), policy))
+        prior_latent = torch.randn(batch, model.config.latent_dim, device=real.device, dtype=mu.dtype)
+        decoded = model.decoder(torch.cat([reparameterize(mu, logvar), prior_latent]))  # (2B, 3, S, S)
+        reconstructed = decoded[:batch]
+        logits, features = model.discriminator(diff_augment(torch.cat([real, decoded]), policy))
         if policy:  # the similarity metric compares un-augmented images
             _, features = model.discriminator(torch.cat([real, reconstructed]))
         real_logits, fake_logits = logits[:batch].float(), logits[batch:].float()
@@ -248,8 +261,9 @@ def train_step(model: VaeGan, real: torch.Tensor, params: TrainParams, step: int
         loss_pixel = losses.pixel_reconstruction_loss(reconstructed.float(), real)
         loss_adv = losses.generator_loss(fake_logits, kind)
         kl_scale = losses.kl_warmup(step, params.kl_warmup_steps)
-        loss_vae = (params.kl_weight * kl_scale * loss_kl + params.feature_weight * loss_feature
-                    + params.pixel_weight * loss_pixel + params.adversarial_weight * loss_adv)
+        loss_reconstruction = (params.kl_weight * kl_scale * loss_kl + params.feature_weight * loss_feature
+                               + params.pixel_weight * loss_pixel)
+        loss_vae = loss_reconstruction + params.adversarial_weight * loss_adv
     named = {"loss_d": loss_d, "loss_kl": loss_kl, "loss_feature": loss_feature, "loss_pixel": loss_pixel,
              "loss_adv_g": loss_adv, "loss_vae": loss_vae}
     for name, value in named.items():  # before any update: the models in memory stay good too
@@ -258,9 +272,13 @@ def train_step(model: VaeGan, real: torch.Tensor, params: TrainParams, step: int
 
     model.optimizer_vae.zero_grad(set_to_none=True)
     model.optimizer_discriminator.zero_grad(set_to_none=True)
-    loss_vae.backward(inputs=vae_parameters, retain_graph=True)
+    if params.gradient_routing == "larsen":
+        loss_reconstruction.backward(inputs=encoder_parameters + decoder_parameters, retain_graph=True)
+        (params.adversarial_weight * loss_adv).backward(inputs=decoder_parameters, retain_graph=True)
+    else:
+        loss_vae.backward(inputs=encoder_parameters + decoder_parameters, retain_graph=True)
     loss_d.backward(inputs=discriminator_parameters)
-    grad_norm_vae = _grad_norm(vae_parameters)
+    grad_norm_vae = _grad_norm(encoder_parameters + decoder_parameters)
     grad_norm_d = _grad_norm(discriminator_parameters)
     model.optimizer_vae.step()
     model.optimizer_discriminator.step()
@@ -292,9 +310,12 @@ def epoch_images(model: VaeGan, fixed_latent: torch.Tensor, val_batch: torch.Ten
 
 def train(
     train_images: np.ndarray, val_images: np.ndarray, params: TrainParams, image_size: int, seed: int,
-    checkpoint_path: Path, callbacks: TrainingCallbacks | None = None,
+    checkpoint_path: Path, callbacks: TrainingCallbacks | None = None, max_seconds: float = 0.0,
 ) -> TrainResult:
-    """Train (or resume) the VAE-GAN on uint8 NHWC arrays; writes ``checkpoint_path``."""
+    """Train (or resume) the VAE-GAN on uint8 NHWC arrays; writes ``checkpoint_path``.
+
+    ``max_seconds`` (0 = off) stops after that much wall time, for equal-time comparisons.
+    """
     callbacks = callbacks or TrainingCallbacks()
     if train_images.ndim != 4 or train_images.shape[1:] != (image_size, image_size, 3) or train_images.dtype != np.uint8:
         raise TrainingError(f"training data must be uint8 (N, {image_size}, {image_size}, 3), got {train_images.dtype} {train_images.shape}")
@@ -307,9 +328,7 @@ def train(
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
-    else:
-        autocast = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731 - fp32: no bf16 units on most CPUs
+    autocast = autocast_for(device, params.precision)
     config = model_config(params, image_size)
     model = VaeGan.build(config, params, device)
 
@@ -342,7 +361,11 @@ def train(
     last: dict[str, float] = {}
     model.encoder.train(); model.decoder.train(); model.discriminator.train()
     order_epoch, order = -1, np.empty(0, dtype=np.int64)
+    started = time.perf_counter()
     while step < total_steps:
+        if max_seconds and time.perf_counter() - started >= max_seconds:
+            total_steps = step  # the budget is spent: finish as if this were the last step
+            break
         epoch, offset = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
             # The order of epoch e depends only on (seed, e): resuming mid-epoch needs no saved state.

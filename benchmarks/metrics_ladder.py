@@ -1,0 +1,61 @@
+"""Benchmark: does each metric see what a person sees? The degradation ladder, printed.
+
+Real prepared images (``paths.prepared`` of params.yaml: run ``dvc repro prepare`` first)
+are damaged in seven ways at two strengths each (blur, pixel noise, speckle, JPEG blocks,
+pixelation, scrambled layout, colour loss) plus a harmless horizontal flip, and every set
+is scored against the val split at equal counts beside the undamaged images (the floor).
+A metric may judge samples only if every rung passes (``alphagan.metrics.baselines.
+ladder_verdicts``); ``tests/test_metrics_ladder.py`` asserts it for the validated metrics.
+
+    python benchmarks/metrics_ladder.py [--params params.yaml] [--count 300] [--draws 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from alphagan.config import load_params
+from alphagan.evaluation import VALIDATED_METRICS
+from alphagan.metrics.baselines import ladder_sets, ladder_verdicts, score_at_equal_counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--count", type=int, default=300, help="images a side")
+    parser.add_argument("--draws", type=int, default=3)
+    args = parser.parse_args()
+    params = load_params(args.params)
+    prepared = Path(params.paths.prepared)
+    if not (prepared / "train.npy").exists():
+        raise SystemExit(f"metrics_ladder: {prepared / 'train.npy'} is missing; run `dvc repro prepare` first")
+    train, val = np.load(prepared / "train.npy"), np.load(prepared / "val.npy")
+    source = train[np.sort(np.random.default_rng(params.seed).choice(len(train), min(len(train), 2 * args.count), replace=False))]
+    start = time.perf_counter()
+    scores = score_at_equal_counts(val, {"real": source, **ladder_sets(source, params.seed)}, args.count, args.draws, params.seed)
+    seconds = time.perf_counter() - start
+    metrics = list(scores["real"])
+    verdicts = {metric: ladder_verdicts(scores, metric) for metric in metrics}
+    print(f"\n{args.count} images a side, mean over {args.draws} draws against the val split ({seconds:.0f} s); "
+          "'x' marks a rung the metric fails\n")
+    print("| rung          | " + " | ".join(f"{m:>16}" for m in metrics) + " |")
+    print("|---------------|" + "|".join("-" * 18 for _ in metrics) + "|")
+    for rung, summary in scores.items():
+        cells = []
+        for metric in metrics:
+            mark = "" if rung == "real" or verdicts[metric][rung] == "ok" else " x"
+            cells.append(f"{summary[metric].mean:.4g} ±{summary[metric].std:.2g}{mark}".rjust(16))
+        print(f"| {'floor (real)' if rung == 'real' else rung:<13} | " + " | ".join(cells) + " |")
+    print()
+    for metric in metrics:
+        failed = {rung: why for rung, why in verdicts[metric].items() if why != "ok"}
+        status = "passes every rung" if not failed else f"fails {len(failed)}: " + "; ".join(f"{r}: {w}" for r, w in failed.items())
+        print(f"{metric:<17} {'(validated) ' if metric in VALIDATED_METRICS else ''}{status}")
+
+
+if __name__ == "__main__":
+    main()

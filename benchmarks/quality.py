@@ -1,0 +1,110 @@
+"""Benchmark: the project's VAE-GAN against the plain DCGAN anchor at the same wall time.
+
+Both train on the same prepared data (``paths.prepared`` of params.yaml: run
+``dvc repro prepare`` first) on the same machine, one after the other in this run: the
+VAE-GAN with the default params (its whole default run), then the DCGAN recipe of
+pytorch/examples (``alphagan.dcgan``, scaled to ``data.image_size``, width =
+``train.base_channels``) for exactly the wall time the VAE-GAN took. Both are scored
+with the same instruments at equal counts against the val split, beside the real-data
+floor, and both sample grids go side by side into one PNG. Prints a table (not a test).
+
+    python benchmarks/quality.py [--params params.yaml] [--seconds S] [--seed 0] [--out reports/quality.png]
+
+``--seconds`` caps both models at S seconds instead (a quick look; not the default run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from alphagan.config import load_params
+from alphagan.dcgan import DcganConfig, train_dcgan
+from alphagan.evaluation import VALIDATED_METRICS, generate, image_grid, quality_scores
+from alphagan.metrics.memorisation import memorisation_report
+from alphagan.training import autocast_for, load_generator, select_device, train
+
+SHOWN = ["swd", "swd_32", "swd_16", "swd_8", "fd_random", "kid_random", "precision_random", "recall_random"]
+
+
+def side_by_side(grids: dict[str, np.ndarray], scale: int = 2) -> Image.Image:
+    """Grids next to each other, each under its label, upscaled with nearest neighbours."""
+    pictures = [Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST) for grid in grids.values()]
+    width, height = pictures[0].size
+    sheet = Image.new("RGB", (len(pictures) * (width + 16) - 16, height + 24), "white")
+    for index, (label, picture) in enumerate(zip(grids, pictures)):
+        sheet.paste(picture, (index * (width + 16), 24))
+        ImageDraw.Draw(sheet).text((index * (width + 16) + 4, 6), label, fill="black")
+    return sheet
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--seconds", type=float, default=0.0, help="cap both models at this wall time (0: the VAE-GAN's default run)")
+    parser.add_argument("--seed", type=int, default=None, help="default: params.yaml's seed")
+    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--out", default="reports/quality.png")
+    args = parser.parse_args()
+    params = load_params(args.params)
+    seed = params.seed if args.seed is None else args.seed
+    prepared = Path(params.paths.prepared)
+    if not (prepared / "train.npy").exists():
+        raise SystemExit(f"quality: {prepared / 'train.npy'} is missing; run `dvc repro prepare` first")
+    train_images, val_images = np.load(prepared / "train.npy"), np.load(prepared / "val.npy")
+    size = params.data.image_size
+    device = select_device(params.train.device)
+    busy = os.getloadavg()[0]
+
+    with tempfile.TemporaryDirectory() as scratch:
+        start = time.perf_counter()
+        result = train(train_images, val_images, params.train, size, seed, Path(scratch) / "checkpoint.pt", max_seconds=args.seconds)
+        vaegan_seconds = time.perf_counter() - start
+        decoder, _, config = load_generator(Path(scratch) / "checkpoint.pt")
+    budget = args.seconds or vaegan_seconds
+    dcgan, dcgan_steps, dcgan_seconds = train_dcgan(
+        train_images, DcganConfig(image_size=size, width=params.train.base_channels), seed, device,
+        batch_size=params.train.batch_size, max_seconds=budget, autocast=autocast_for(device, params.train.precision))
+
+    generated = {
+        "DCGAN": generate(dcgan.generator.eval(), args.samples, dcgan.config.latent_dim, seed, 250, device),
+        "VAE-GAN": generate(decoder, args.samples, config.latent_dim, seed, 250, device),
+    }
+    scores = {name: quality_scores(val_images, images, train_images, seed) for name, images in generated.items()}
+    memo = {name: memorisation_report(images, train_images, val_images) for name, images in generated.items()}
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"\n{size} px, {name}, seed {seed}; load average {busy:.2f} at start, {os.getloadavg()[0]:.2f} at the end")
+    print(f"VAE-GAN: {result.step} steps in {vaegan_seconds:.0f} s; DCGAN: {dcgan_steps} steps in {dcgan_seconds:.0f} s")
+    first = scores["VAE-GAN"]
+    print(f"each metric: mean over {first['draws']} draws of {first['count']} images a side against the val split; "
+          "floor = held-out real (train) images scored the same way\n")
+    print(f"| {'metric':<17} | {'validated':>9} | {'DCGAN':>16} | {'VAE-GAN':>16} | {'real floor':>16} | {'better':>7} |")
+    print(f"|{'-' * 19}|{'-' * 11}|{'-' * 18}|{'-' * 18}|{'-' * 18}|{'-' * 9}|")
+    higher_is_better = {"precision_random", "recall_random"}
+    for metric in SHOWN:
+        d, v = scores["DCGAN"], scores["VAE-GAN"]
+        better = ("VAE-GAN" if (v[metric] > d[metric]) == (metric in higher_is_better) else "DCGAN")
+        print(f"| {metric:<17} | {'yes' if metric in VALIDATED_METRICS else 'no':>9} | {d[metric]:9.4f} ±{d[metric + '_std']:<5.3f} | "
+              f"{v[metric]:9.4f} ±{v[metric + '_std']:<5.3f} | {v[metric + '_floor']:9.4f} ±{v[metric + '_floor_std']:<5.3f} | {better:>7} |")
+    for label, key in (("memorisation ratio", "ratio"), ("copy fraction", "copy_fraction")):
+        print(f"| {label:<17} | {'-':>9} | {getattr(memo['DCGAN'], key):16.3f} | {getattr(memo['VAE-GAN'], key):16.3f} | "
+              f"{(1.0 if key == 'ratio' else 0.01):16.3f} | {'':>7} |")
+    for metric in VALIDATED_METRICS:
+        print(f"\n{metric}: VAE-GAN {first[metric + '_ratio']:.2f}x the floor, DCGAN {scores['DCGAN'][metric + '_ratio']:.2f}x")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    side_by_side({f"DCGAN anchor ({dcgan_steps} steps)": image_grid(generated["DCGAN"][:64], 8),
+                  f"VAE-GAN ({result.step} steps)": image_grid(generated["VAE-GAN"][:64], 8)}).save(out)
+    print(f"grids side by side: {out}")
+
+
+if __name__ == "__main__":
+    main()
