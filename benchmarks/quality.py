@@ -31,7 +31,7 @@ from alphagan.evaluation import VALIDATED_METRICS, generate, image_grid, quality
 from alphagan.metrics.memorisation import memorisation_report
 from alphagan.training import autocast_for, load_generator, select_device, train
 
-SHOWN = ["swd", "swd_32", "swd_16", "swd_8", "fd_random", "kid_random", "precision_random", "recall_random"]
+SHOWN = ["swd_ratio", "swd_32", "swd_16", "swd_8", "fd_random", "kid_random", "precision_random", "recall_random"]
 
 
 def side_by_side(grids: dict[str, np.ndarray], scale: int = 2) -> Image.Image:
@@ -97,8 +97,6 @@ def main() -> None:
     for label, key in (("memorisation ratio", "ratio"), ("copy fraction", "copy_fraction")):
         print(f"| {label:<17} | {'-':>9} | {getattr(memo['DCGAN'], key):16.3f} | {getattr(memo['VAE-GAN'], key):16.3f} | "
               f"{(1.0 if key == 'ratio' else 0.01):16.3f} | {'':>7} |")
-    for metric in VALIDATED_METRICS:
-        print(f"\n{metric}: VAE-GAN {first[metric + '_ratio']:.2f}x the floor, DCGAN {scores['DCGAN'][metric + '_ratio']:.2f}x")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     side_by_side({f"DCGAN anchor ({dcgan_steps} steps)": image_grid(generated["DCGAN"][:64], 8),

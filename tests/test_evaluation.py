@@ -195,13 +195,15 @@ def test_missing_inception_weights_are_reported_not_substituted(tmp_path):
     assert "eval/fid_inception" not in metrics and "eval/kid_inception" not in metrics
     assert metrics["eval/inception_note"] == f"FID/KID (Inception) not computed: evaluate.inception_weights {tmp_path / 'nope.pth'} does not exist"
     # The offline metrics are all there, with their baselines and sample counts.
-    for name in ("fd_random", "kid_random", "precision_random", "recall_random", "swd", "swd_16", "swd_8",
+    for name in ("fd_random", "kid_random", "precision_random", "recall_random", "swd_ratio", "swd_16", "swd_8",
                  "psnr", "ssim", "memorisation_ratio", "nn_distance_median_real"):
         for suffix in ("", "_floor") if not name.startswith(("psnr", "ssim", "memo", "nn_")) else ("",):
             assert np.isfinite(metrics[f"eval/{name}{suffix}"]), name + suffix
     # Equal counts: the val split (6) bounds every draw; 6 images a side is flagged as noise.
     assert metrics["eval/num_generated"] == 12 and metrics["eval/count"] == 6
     assert metrics["eval/small_sample"] == 1 and "only 6 images per side" in metrics["eval/warnings"]
-    assert metrics["eval/swd_ratio"] == pytest.approx(metrics["eval/swd"] / metrics["eval/swd_floor"])
+    assert metrics["eval/swd_ratio_floor"] == 1.0
+    bands = [metrics[f"eval/swd_{s}"] / metrics[f"eval/swd_{s}_floor"] for s in (16, 8)]
+    assert metrics["eval/count"] == 6 and metrics["eval/draws"] == 3 and min(bands) <= metrics["eval/swd_ratio"] * 1.5
     assert pictures["samples"].shape == (2 + 2 * 18, 8 * 18 + 2, 3)
     assert pictures["nearest_neighbours"].dtype == np.uint8

@@ -4,6 +4,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from alphagan import losses
 from alphagan.config import ConfigError, parse_params
@@ -161,3 +162,91 @@ def test_cli_sample_draws_a_grid(tmp_path, images):
     assert main(["sample", "--checkpoint", str(tmp_path / "c.pt"), "--count", "4", "--out", str(tmp_path / "g.png")]) == 0
     assert Image.open(tmp_path / "g.png").size == (2 * 18 + 2, 2 * 18 + 2)  # 2x2 faces, 2 px padding
     assert main(["sample", "--checkpoint", str(tmp_path / "missing.pt")]) == 1
+
+
+def test_larsen_routing_keeps_the_adversarial_term_out_of_the_encoder(images):
+    # Algorithm 1: the encoder's update depends on KL + reconstruction only; the decoder's on the GAN term too.
+    quiet, loud = _one_step(tiny_params(adversarial_weight=0.0), images), _one_step(tiny_params(adversarial_weight=5.0), images)
+    assert _same(quiet["encoder"], loud["encoder"])
+    assert not _same(quiet["decoder"], loud["decoder"])
+    # The shared routing sends it to the encoder as well (the deviation the param names).
+    quiet, loud = (_one_step(tiny_params(adversarial_weight=w, gradient_routing="shared"), images) for w in (0.0, 5.0))
+    assert not _same(quiet["encoder"], loud["encoder"])
+
+
+def test_decoder_batch_norm_sees_posterior_and_prior_latents_as_one_batch(images, monkeypatch):
+    params = tiny_params()
+    torch.manual_seed(0)
+    model = VaeGan.build(model_config(params.train, 16), params.train, torch.device("cpu"))
+    seen = []
+    model.decoder.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    train_step(model, to_tensor(images[0][:4], torch.device("cpu")), params.train, 0, lambda: torch.autocast("cpu", enabled=False))
+    assert seen == [8]  # one call over [posterior; prior], not two of 4
+
+
+def test_ema_follows_the_warm_up_formula(images):
+    from alphagan.training import ema_with_warmup
+
+    update = ema_with_warmup(0.999)
+    averaged, current = [torch.zeros(3)], [torch.ones(3)]
+    update(averaged, current, torch.tensor(0))  # decay min(0.999, 1/10): 90% of the live weights
+    assert torch.allclose(averaged[0], torch.full((3,), 0.9))
+    update(averaged, [torch.full((3,), 2.0)], torch.tensor(10**6))  # late: the configured decay
+    assert torch.allclose(averaged[0], torch.full((3,), 0.999 * 0.9 + 0.001 * 2.0))
+    counts = [torch.tensor(5)]
+    update(counts, [torch.tensor(9)], torch.tensor(3))  # integer buffers follow the live model
+    assert counts[0].item() == 9
+
+
+def test_spectral_norm_off_gives_a_batch_norm_discriminator_that_trains(tmp_path, images):
+
+    config = model_config(tiny_params(spectral_norm=False).train, 16)
+    plain, normed = Discriminator(config), Discriminator(model_config(tiny_params().train, 16))
+    assert not any(name.endswith("weight_orig") for name, _ in plain.named_parameters())
+    assert any(name.endswith("weight_orig") for name, _ in normed.named_parameters())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+    result = train(*images, tiny_params(spectral_norm=False, max_steps=2).train, 16, 0, tmp_path / "c.pt")
+    assert result.step == 2 and np.isfinite(result.final_losses["loss_d"])
+
+
+def test_diffaugment_translation_and_cutout_do_what_they_say():
+    from alphagan.augment import diff_augment
+
+    torch.manual_seed(0)
+    images = torch.rand(16, 3, 16, 16) + 1.0  # strictly positive: zeros can only come from the augmentation
+    shifted = diff_augment(images, ["translation"])
+    for original, moved in zip(images, shifted):
+        # Each image is its original shifted by whole pixels (at most 2 at 16 px), zeros shifted in.
+        matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                   if torch.equal(moved, torch.roll(F.pad(original, [2, 2, 2, 2]), (dy, dx), (1, 2))[:, 2:-2, 2:-2])]
+        assert matches, "not a pure integer shift"
+    cut = diff_augment(images, ["cutout"])
+    zeros = (cut == 0).all(dim=1).sum(dim=(1, 2))
+    assert ((zeros > 0) & (zeros <= 64)).all()  # an 8x8 hole at most (half the side), clipped at borders
+    coloured = diff_augment(images, ["color"])
+    assert not torch.equal(coloured, images) and coloured.shape == images.shape
+    assert torch.equal(diff_augment(images, []), images)
+    # Differentiable: gradients reach the input through every augmentation.
+    x = images.clone().requires_grad_(True)
+    diff_augment(x, ["color", "translation", "cutout"]).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_time_budget_stops_training(tmp_path, images):
+    result = train(*images, tiny_params(epochs=10**4).train, 16, 0, tmp_path / "c.pt", max_seconds=1.0)
+    assert 0 < result.step < 10**4 * 3 and load_checkpoint(tmp_path / "c.pt")["step"] == result.step
+
+
+def test_dcgan_anchor_is_the_examples_recipe_and_trains():
+    from alphagan.dcgan import DcganConfig, DcganDiscriminator, DcganGenerator, train_dcgan
+
+    config = DcganConfig(image_size=32, width=8)
+    generator, discriminator = DcganGenerator(config), DcganDiscriminator(config)
+    assert generator(torch.randn(2, 100)).shape == (2, 3, 32, 32) and discriminator(torch.zeros(2, 3, 32, 32)).shape == (2,)
+    widths = [m.out_channels for m in discriminator.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert widths == [8, 16, 32, 1]
+    data = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    model, steps, _ = train_dcgan(data, config, seed=0, device=torch.device("cpu"), batch_size=8, max_steps=3)
+    assert steps == 3 and model.optimizer_g.param_groups[0]["lr"] == 2e-4
+    again, _, _ = train_dcgan(data, config, seed=0, device=torch.device("cpu"), batch_size=8, max_steps=3)
+    assert all(torch.equal(a, b) for a, b in zip(model.generator.state_dict().values(), again.generator.state_dict().values()))

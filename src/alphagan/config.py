@@ -117,7 +117,7 @@ class TrainParams(_Section):
     max_channels: int = Field(256, ge=1)
     upsample: Literal["transposed", "resize"] = "transposed"
     adversarial_loss: Literal["bce", "hinge"] = "hinge"
-    gradient_routing: Literal["larsen", "shared"] = "larsen"
+    gradient_routing: Literal["larsen", "shared"] = "shared"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     spectral_norm: bool = True
     kl_weight: float = Field(8.0, ge=0)

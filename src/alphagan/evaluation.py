@@ -32,7 +32,7 @@ from alphagan.training import to_tensor
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 
 #: The metrics that passed the degradation ladder: the only ones used to choose settings.
-VALIDATED_METRICS = ("swd",)
+VALIDATED_METRICS = ("swd_ratio",)
 
 #: Below this many images per side, distances are too noisy to compare runs: flagged.
 MIN_RELIABLE_COUNT = 100
@@ -123,9 +123,10 @@ def quality_scores(reference: np.ndarray, generated: np.ndarray, held_out_real: 
     """Generated vs real at equal counts, against the same reference draws.
 
     For each metric ``m``: ``m`` (generated, mean over draws), ``m_std`` (its spread over
-    draws), ``m_floor`` and ``m_floor_std`` (held-out real images scored the same way),
-    and for biased distances ``m_ratio`` = ``m / m_floor`` (1.0 = as good as real data).
-    Also ``count`` (images per side) and ``draws``.
+    draws), ``m_floor`` and ``m_floor_std`` (held-out real images scored the same way).
+    ``fd_random_ratio`` = ``fd_random / fd_random_floor``; ``swd_ratio`` is the SWD
+    relative to the floor band by band (see :func:`~alphagan.metrics.baselines.
+    score_at_equal_counts`), so its floor is 1.0. Also ``count`` and ``draws``.
     """
     count = count or min(len(reference), len(generated), len(held_out_real))
     scores = score_at_equal_counts(reference, {"generated": generated, "real": held_out_real}, count, draws, seed,
@@ -135,7 +136,7 @@ def quality_scores(reference: np.ndarray, generated: np.ndarray, held_out_real: 
         floor = scores["real"][metric]
         out.update({metric: summary.mean, f"{metric}_std": summary.std, f"{metric}_floor": floor.mean,
                     f"{metric}_floor_std": floor.std})
-        if metric in RATIO_METRICS or metric.startswith("swd"):
+        if metric in RATIO_METRICS:
             out[f"{metric}_ratio"] = summary.mean / floor.mean if floor.mean > 0 else float("nan")
     return out
 

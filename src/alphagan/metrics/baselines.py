@@ -43,25 +43,32 @@ class DrawSummary:
 def score_pair(swd_reference: MultiscaleSWD, reference_features: np.ndarray, candidate_images: np.ndarray,
                candidate_features: np.ndarray, seed: int) -> dict[str, float]:
     """Every metric between two equal-count sets: FD, KID, precision/recall (random
-    features) and the SWD per pyramid band (``swd_32`` ...) with their mean ``swd``."""
+    features) and the SWD per pyramid band (``swd_32`` ...)."""
     kid, _, _ = kernel_distance(reference_features, candidate_features, subsets=50, seed=seed)
     precision, recall = precision_recall(reference_features, candidate_features)
     swd = swd_reference(candidate_images)
     scores = {"fd_random": frechet_distance_of(reference_features, candidate_features), "kid_random": kid,
               "precision_random": precision, "recall_random": recall}
     scores.update({f"swd_{size}": value for size, value in swd.items()})
-    scores["swd"] = float(np.mean(list(swd.values())))
     return scores
 
 
 def score_at_equal_counts(reference: np.ndarray, candidates: dict[str, np.ndarray], count: int, draws: int, seed: int,
-                          batch_size: int = 100, device: torch.device | None = None) -> dict[str, dict[str, DrawSummary]]:
+                          batch_size: int = 100, device: torch.device | None = None,
+                          floor: str = "real") -> dict[str, dict[str, DrawSummary]]:
     """Score each candidate image set against ``reference`` at ``count`` images a side.
 
     In draw d, ``count`` reference images and ``count`` images of each candidate are drawn
     without replacement (seeded by (seed, d)); every candidate meets the same reference
     draw, and candidates of the same length get the same rows (so a degraded copy of a
     set is paired with the set itself). Returns ``{candidate: {metric: DrawSummary}}``.
+
+    When a candidate named ``floor`` (real images) is present, every candidate also gets
+    ``swd_ratio``: per draw, the mean over pyramid bands of the band's SWD divided by the
+    floor's SWD in that band and draw. The raw bands differ several-fold in scale and
+    noise (the 8x8 band of 32 px faces is the noisiest and largest), so a plain mean of
+    them is mostly the coarse band and hides fine speckle; relative to the floor, each
+    band counts the same, and 1.0 means "as far from the reference as real images".
     """
     device = device or torch.device("cpu")
     sizes = {name: len(images) for name, images in {"reference": reference, **candidates}.items()}
@@ -82,6 +89,12 @@ def score_at_equal_counts(reference: np.ndarray, candidates: dict[str, np.ndarra
             rows = rows_by_length[len(images)]
             per_draw[name].append(score_pair(swd_reference, ref_features, np.asarray(images[rows]), features[name][rows],
                                              seed=seed + draw))
+        if floor in candidates:
+            floor_scores = per_draw[floor][-1]
+            bands = [key for key in floor_scores if key.startswith("swd_")]
+            for name in candidates:
+                latest = per_draw[name][-1]
+                latest["swd_ratio"] = float(np.mean([latest[band] / floor_scores[band] for band in bands]))
     return {name: {metric: DrawSummary(float(np.mean(v := [d[metric] for d in rows])), float(np.std(v)), tuple(v))
                    for metric in rows[0]} for name, rows in per_draw.items()}
 
