@@ -7,7 +7,8 @@ split of ``data/prepared``. A ``"dcgan": true`` entry trains the DCGAN anchor in
 Prints one row per entry and writes ``results.json`` and a contact sheet of the sample
 grids to ``--out``. Steps, not seconds: on a GPU the CPU's cost ratio does not hold.
 
-    python benchmarks/sweep.py benchmarks/sweeps/defaults.json [--out reports/sweep]
+    python benchmarks/sweep.py benchmarks/sweeps/seeds.json [--out reports/sweep]
+    python benchmarks/sweep.py --table reports/sweep/results.json    # print a saved run again
 
 Entry: {"name": "a02", "steps": 4620, "seed": 0, "overrides": {"adversarial_weight": 0.2}}
 (overrides are ``train.*`` params on top of params.yaml's).
@@ -64,11 +65,15 @@ def run_entry(entry: dict, params_path: str, scratch: str, device_name: str) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("configs")
+    parser.add_argument("configs", nargs="?")
+    parser.add_argument("--table", help="print the table of a saved results.json and stop")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="reports/sweep")
     args = parser.parse_args()
+    if args.table:
+        print_table(json.loads(Path(args.table).read_text()))
+        return
     entries = json.loads(Path(args.configs).read_text())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -90,7 +95,23 @@ def main() -> None:
             ImageDraw.Draw(sheet).text((x + 4, y + 2), name, fill="black")
         sheet.save(out / "sheet.png")
     (out / "results.json").write_text(json.dumps(rows, indent=1))
-    print(f"\n{len(rows)} of {len(entries)} entries; mean of {rows[0]['draws']} draws of {rows[0]['count']} images a side\n")
+    print_table(rows)
+
+
+def band_ratio(row: dict) -> float:
+    """swd_ratio; for runs saved before it was band by band (they have a plain ``swd``),
+    the mean over bands of mean/floor (the per-draw version differs by a little)."""
+    if "swd" not in row:
+        return row["swd_ratio"]
+    bands = [k for k in row if k.startswith("swd_") and k[4:].isdigit()]
+    return sum(row[b] / row[b + "_floor"] for b in bands) / len(bands)
+
+
+def print_table(rows: list[dict]) -> None:
+    for row in rows:
+        row["swd_ratio"] = band_ratio(row)
+        row.setdefault("swd_ratio_floor", 1.0)
+    print(f"\n{len(rows)} entries; mean of {rows[0]['draws']} draws of {rows[0]['count']} images a side\n")
     print(f"| {'entry':<22} | {'steps':>5} | {'seed':>4} | " + " | ".join(f"{k:>9}" for k in KEYS) + " |")
     for row in rows:
         print(f"| {row['name']:<22} | {row['steps']:>5} | {row.get('seed', 0):>4} | " + " | ".join(f"{row[k]:9.4f}" for k in KEYS) + " |")
