@@ -5,15 +5,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from alphagan.atomic import clean_leftovers
 from alphagan.config import Params
 from alphagan.preprocess import prepare_dataset
 from pipelines._common import stage_main
 
 
 def run(params: Params) -> None:
+    clean_leftovers(Path(params.paths.prepared).parent)
+    limits = params.validate_params
     counts = prepare_dataset(
         Path(params.paths.validated) / "manifest.csv", Path(params.paths.raw), Path(params.paths.prepared),
-        params.data.image_size, params.prepare, params.seed,
+        params.data.image_size, params.prepare, params.seed, max_pixels=limits.max_pixels, max_bytes=limits.max_bytes,
     )
     print(f"prepare: {counts['train']} train + {counts['val']} val images at {counts['image_size']} px -> {params.paths.prepared}")
 
