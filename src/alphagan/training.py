@@ -174,7 +174,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     except FileNotFoundError:
         raise TrainingError(f"no checkpoint at {path}") from None
     except Exception as exc:  # noqa: BLE001 - a corrupt file is a user-facing problem
-        raise TrainingError(f"checkpoint {path} cannot be read: {type(exc).__name__}: {exc}") from None
+        first_line = (str(exc).strip().splitlines() or [""])[0][:200]  # torch's messages run to many lines
+        raise TrainingError(f"checkpoint {path} cannot be read (not a checkpoint of this pipeline, or corrupt): "
+                            f"{type(exc).__name__}: {first_line}") from None
     if state.get("version") != CHECKPOINT_VERSION:
         raise TrainingError(f"checkpoint {path} has version {state.get('version')}, expected {CHECKPOINT_VERSION}")
     return state
