@@ -32,6 +32,10 @@ MARKER_TEXT = "This directory is an output of the alpha-gan pipeline; a stage ma
 TEMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)$")
 
 
+#: errno values that mean "this output cannot be written here" (full, over quota, read-only).
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
 class OutputError(AlphaGanError):
     """An output cannot be written (a foreign directory in the way, no space, no permission)."""
 
@@ -157,13 +161,16 @@ def staged_directory(target: str | Path, setting: str = "") -> Iterator[Path]:
     target = Path(target)
     ensure_owned(target, setting)
     staging, old = temp_name(target), temp_name(target, "old")
+    in_body = False
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         if staging.exists():
             shutil.rmtree(staging)
         staging.mkdir()
         (staging / MARKER).write_text(MARKER_TEXT, encoding="utf-8")
+        in_body = True
         yield staging
+        in_body = False
         fsync_tree(staging)
         ensure_owned(target, setting)  # nothing foreign appeared while we worked
         if target.exists():
@@ -173,8 +180,9 @@ def staged_directory(target: str | Path, setting: str = "") -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        filename = getattr(exc, "filename", None) or target
-        raise OutputError(describe_os_error(exc, filename)) from None
+        if in_body and exc.errno not in _WRITE_ERRNOS:  # e.g. a source that cannot be read: not ours to reword
+            raise
+        raise OutputError(describe_os_error(exc, target)) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -10,6 +10,7 @@ array is complete and fsynced: no reader ever sees a half-filled (zero) array.
 
 from __future__ import annotations
 
+import errno
 import os
 from functools import partial
 from multiprocessing import Pool
@@ -60,6 +61,19 @@ def _fill_rows(job: tuple[str, int, list[str]], root: str, size: int, params: Pr
     return len(paths)
 
 
+def reserve_space(path: Path) -> None:
+    """Allocate a (sparse) file's blocks now: a full disk is then an ``OSError`` here, not a
+    SIGBUS in whichever worker first touches an unbacked page of the memmap."""
+    with open(path, "r+b") as stream:
+        try:
+            os.posix_fallocate(stream.fileno(), 0, os.fstat(stream.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+        except AttributeError:  # no posix_fallocate on this platform
+            pass
+
+
 def load_arrays(root: Path, outputs: dict[Path, list[str]], size: int, params: PrepareParams,
                 max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
     """Decode each list of paths (relative to ``root``) into a new ``.npy`` file, rows in list order.
@@ -69,6 +83,7 @@ def load_arrays(root: Path, outputs: dict[Path, list[str]], size: int, params: P
     """
     for out_file, paths in outputs.items():
         np.lib.format.open_memmap(out_file, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3)).flush()
+        reserve_space(out_file)
     total = sum(len(paths) for paths in outputs.values())
     workers = min(params.workers or os.cpu_count() or 1, max(1, total // 64))
     # Few large runs: with small ones, per-task overhead rather than decoding limits scaling.
