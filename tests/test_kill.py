@@ -1,0 +1,133 @@
+"""Part 2: SIGKILL any stage at a random point; no reader ever sees a partial file, and the next
+`dvc repro` gives outputs identical to an uninterrupted run, with no temporary left behind.
+
+Each stage runs as its own process on tiny real data (a git copy of this repository) and
+is killed with SIGKILL (no handler can run) after a delay drawn uniformly over its
+uninterrupted duration, for several seeds. After every kill, each output at its final
+path must be complete: byte-identical to the reference, or a complete file of its kind
+(a loadable checkpoint, a prefix of the loss history, parseable JSON, a decodable PNG),
+or absent. Then `dvc repro` must rebuild exactly the reference.
+"""
+
+import csv
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from alphagan.atomic import TEMP_PATTERN
+from tests.test_pipeline import BIN, git_copy_of_repo, write_tiny_repo_params
+from tests.test_training import TINY_TRAIN, _all_tensors
+
+STAGES = ("fetch", "validate", "prepare", "train")
+SEEDS = range(int(os.environ.get("ALPHAGAN_KILL_SEEDS", "3")))
+#: Outputs that are a pure function of params and seed (timings, run ids and GX run times are not).
+DETERMINISTIC_PREFIXES = ("data/", "reports/validate/summary.json", "reports/train/losses.csv")
+VOLATILE_METRICS = {"images_per_second", "peak_memory_bytes", "run_id", "generator_uri", "encoder_uri"}
+
+
+def _outputs(root: Path) -> dict[str, bytes]:
+    found = {}
+    for folder in ("data", "models", "reports"):
+        for path in (root / folder).rglob("*"):
+            if path.is_file() and not TEMP_PATTERN.match(path.name) and not any(TEMP_PATTERN.match(p) for p in path.relative_to(root).parts):
+                found[path.relative_to(root).as_posix()] = path.read_bytes()
+    return found
+
+
+def _temporaries(root: Path) -> list[str]:
+    return [p.relative_to(root).as_posix() for p in root.rglob("*")
+            if TEMP_PATTERN.match(p.name) and ".git" not in p.relative_to(root).parts]
+
+
+def _loss_rows(data: bytes) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(data.decode())))
+
+
+def _assert_complete(now: dict[str, bytes], reference: dict[str, bytes], context: str) -> None:
+    """Every output visible at its final path is whole (never torn, never zero-filled)."""
+    for name, data in now.items():
+        where = f"{context}: {name}"
+        if name.startswith("data/"):
+            assert name in reference, f"{where}: a file the uninterrupted run does not have"
+            assert data == reference[name], f"{where}: differs from the uninterrupted run (partial?)"
+        elif name == "models/checkpoint.pt":
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            assert state["step"] >= 1, where
+        elif name == "reports/train/losses.csv":
+            rows, full = _loss_rows(data), _loss_rows(reference[name])
+            assert rows == full[:len(rows)], f"{where}: not a prefix of the uninterrupted history"
+        elif name.endswith(".json"):
+            json.loads(data)
+        elif name.endswith(".png"):
+            Image.open(io.BytesIO(data)).load()
+
+
+def _checkpoint_tensors(data: bytes) -> dict:
+    return _all_tensors(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sigkill_at_random_points_then_dvc_repro_rebuilds_the_reference(tmp_path):
+    env = git_copy_of_repo(tmp_path)
+    write_tiny_repo_params(tmp_path, {"train": {**TINY_TRAIN, "epochs": 1, "log_every": 2, "checkpoint_every": 2}})
+    subprocess.run(["git", "add", "-A"], cwd=tmp_path, check=True, env=env)
+    subprocess.run(["git", "commit", "-qm", "init"], cwd=tmp_path, check=True, env=env)
+
+    def dvc_repro() -> str:
+        done = subprocess.run([str(BIN / "dvc"), "repro", "train"], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout
+
+    # The uninterrupted reference, and how long each stage takes on its own.
+    dvc_repro()
+    reference = _outputs(tmp_path)
+    assert {"models/checkpoint.pt", "data/prepared/train.npy", "data/validated/manifest.csv"} <= reference.keys()
+    durations = {}
+    for stage in STAGES:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", f"pipelines.{stage}"], cwd=tmp_path, env=env, check=True, capture_output=True)
+        durations[stage] = time.perf_counter() - start
+    assert {k: v for k, v in _outputs(tmp_path).items() if k.startswith(DETERMINISTIC_PREFIXES)} == \
+        {k: v for k, v in reference.items() if k.startswith(DETERMINISTIC_PREFIXES)}  # direct runs agree with dvc's
+
+    kills = []
+    for stage in STAGES:
+        for seed in SEEDS:
+            delay = random.Random(f"{stage}-{seed}").uniform(0.05, 1.0) * durations[stage]
+            process = subprocess.Popen([sys.executable, "-m", f"pipelines.{stage}"], cwd=tmp_path, env=env,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            time.sleep(delay)
+            killed = process.poll() is None
+            if killed:
+                os.killpg(process.pid, signal.SIGKILL)  # the stage and any worker processes it started
+            process.wait()
+            kills.append((stage, seed, round(delay, 2), killed))
+            _assert_complete(_outputs(tmp_path), reference, f"after SIGKILL of {stage} at {delay:.2f} s")
+    assert sum(killed for *_, killed in kills) >= len(kills) // 2, kills  # most runs really were cut short
+
+    dvc_repro()
+    after = _outputs(tmp_path)
+    assert _temporaries(tmp_path) == []
+    for name, data in reference.items():
+        if name.startswith(DETERMINISTIC_PREFIXES):
+            assert after.get(name) == data, f"{name} differs from the uninterrupted run"
+    assert after.keys() >= {k for k in reference if k.startswith(DETERMINISTIC_PREFIXES)}
+    assert {k for k in after if k.startswith("data/")} == {k for k in reference if k.startswith("data/")}
+    weights, expected = _checkpoint_tensors(after["models/checkpoint.pt"]), _checkpoint_tensors(reference["models/checkpoint.pt"])
+    assert weights.keys() == expected.keys() and all(torch.equal(weights[k], expected[k]) for k in expected)
+    metrics, expected = (json.loads(d["reports/train/metrics.json"]) for d in (after, reference))
+    assert {k: v for k, v in metrics.items() if k not in VOLATILE_METRICS} == \
+        {k: v for k, v in expected.items() if k not in VOLATILE_METRICS}
+    status = subprocess.run([str(BIN / "dvc"), "status", "train"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert "up to date" in status.stdout, status.stdout
