@@ -164,3 +164,21 @@ def test_kill_then_resume_leaves_no_step_twice_in_losses_or_mlflow(write_params,
     straight_d = {m.step: m.value for m in client.get_metric_history(straight_run, "train/loss_d")}
     resumed_d = {m.step: m.value for m in client.get_metric_history(killed_run, "train/loss_d")}
     assert resumed_d == straight_d
+
+
+def test_stage_resume_misuse_stops_before_an_mlflow_run(write_params, tmp_path, monkeypatch, capsys):
+    from pipelines import fetch, prepare, validate
+    from pipelines import train as train_stage
+    from tests.test_training import TINY_TRAIN
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = str(write_params({"train": {**TINY_TRAIN, "max_steps": 1, "resume": True}}))
+    for stage in (fetch, validate, prepare):
+        assert stage.main(["--params", params]) == 0
+    capsys.readouterr()
+    assert train_stage.main(["--params", params]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"train: error: train.resume is true but there is no checkpoint at {tmp_path / 'models/checkpoint.pt'}; " \
+                  "set train.resume=false to start a new run"
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "reports/train/run.json").exists()

@@ -38,7 +38,7 @@ def fetch_images(params: Params, out_dir: Path) -> int:
     if source == "kaggle":
         from alphagan.sources.kaggle import fetch_kaggle
 
-        return fetch_kaggle(params.data.kaggle.handle, out_dir)
+        return fetch_kaggle(params.data.kaggle.handle, out_dir, params.validate_params.max_bytes)
     if source == "folder":
         from alphagan.sources.folder import import_folder
 
