@@ -18,7 +18,7 @@ from PIL import Image
 from alphagan import atomic
 from alphagan.config import Params, flatten
 from alphagan.models import EncoderMoments
-from alphagan.redaction import redact
+from alphagan.redaction import redact_mapping
 from alphagan.training import TrainingCallbacks, check_resume, load_generator, select_device, train
 from pipelines._common import load_prepared, stage_main
 
@@ -124,7 +124,7 @@ def run(params: Params) -> None:
                    "peak_memory_bytes": result.peak_memory_bytes, "device": result.device,
                    **{k: round(v, 6) for k, v in result.final_losses.items()},
                    "run_id": run_id, "generator_uri": generator_uri, "encoder_uri": encoder_uri}
-        atomic.write_text(outputs["metrics"], redact(json.dumps(metrics, indent=2)))
+        atomic.write_text(outputs["metrics"], json.dumps(redact_mapping(metrics), indent=2))
     print(f"train: {result.step} steps on {result.device}, {result.images_per_second:.0f} img/s; "
           f"MLflow run {run_id} at {tracking.display_uri()}")
 

@@ -30,9 +30,9 @@ def test_secret_environment_values_are_masked_anywhere(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / ".kaggle").mkdir()
     (tmp_path / ".kaggle/kaggle.json").write_text(json.dumps({"username": "u", "key": "fromkagglejson"}))
-    env = {"KAGGLE_KEY": "kagglekey123", "MY_API_TOKEN": "tok-456789", "PATH": "/usr/bin", "SHORT_KEY": "ab"}
-    text = "kagglekey123 / tok-456789 / fromkagglejson / /usr/bin / ab"
-    assert redact(text, env) == "*** / *** / *** / /usr/bin / ab"
+    env = {"KAGGLE_KEY": "kagglekey123", "MY_API_TOKEN": "tok-456789", "PATH": "/usr/bin", "PORT_KEY": "8080"}
+    text = "kagglekey123 / tok-456789 / fromkagglejson / /usr/bin / 8080"
+    assert redact(text, env) == "*** / *** / *** / /usr/bin / 8080"
 
 
 SECRETS = {

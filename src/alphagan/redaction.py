@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 MASK = "***"
+MIN_SECRET_LENGTH = 8
 
 #: Query parameters whose values are credentials (case-insensitive, also as suffixes: x-amz-signature).
 SECRET_QUERY_KEYS = ("token", "key", "apikey", "api_key", "access_token", "password", "passwd", "pwd", "secret",
@@ -83,8 +84,8 @@ def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
     key = _kaggle_json_key()
     if key:
         found.add(key)
-    # Very short values ("1", "true") would mask innocent text: a secret is at least 4 characters.
-    return sorted((v for v in found if len(v) >= 4), key=len, reverse=True)
+    # Short values ("1", "true", "8080") would mask innocent text and numbers: a secret has 8 characters or more.
+    return sorted((v for v in found if len(v) >= MIN_SECRET_LENGTH), key=len, reverse=True)
 
 
 def redact(text: str, environ: Mapping[str, str] | None = None) -> str:
