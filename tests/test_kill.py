@@ -135,3 +135,99 @@ def test_sigkill_at_random_points_then_dvc_repro_rebuilds_the_reference(tmp_path
         {k: v for k, v in expected.items() if k not in VOLATILE_METRICS}
     status = subprocess.run([str(BIN / "dvc"), "status", "train"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert "up to date" in status.stdout, status.stdout
+
+
+# SIGKILL of the whole process group at a chosen point *inside* a write: with writes in place
+# (the old code) the output at its final path would be torn or zero-filled here.
+KILL_INSIDE_WRITE = r"""
+import os, signal, sys
+import numpy as np, pandas as pd, torch
+
+def die():
+    os.killpg(os.getpgid(0), signal.SIGKILL)
+
+point = sys.argv[2]
+if point == "fetch":  # the 10th of 24 images is being rendered (in a worker process)
+    from alphagan.sources import dicebear
+    real_render = dicebear._render_one
+    def render(job):
+        if job[0] == 10:
+            die()
+        return real_render(job)
+    dicebear._render_one = render
+elif point == "validate":  # half of manifest.csv is on disk
+    real_to_csv = pd.DataFrame.to_csv
+    def to_csv(self, path, *args, **kwargs):
+        real_to_csv(self, path, *args, **kwargs)
+        os.truncate(path, os.path.getsize(path) // 2)
+        die()
+    pd.DataFrame.to_csv = to_csv
+elif point == "prepare":  # 10 of 24 rows of the memmap are filled
+    from alphagan import preprocess
+    real_load, calls = preprocess._load, []
+    def load(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 10:
+            die()
+        return real_load(*args, **kwargs)
+    preprocess._load = load
+elif point == "train":  # half of the first new checkpoint is on disk
+    real_save = torch.save
+    def save(obj, target, *args, **kwargs):
+        real_save(obj, target, *args, **kwargs)
+        os.truncate(target, os.path.getsize(target) // 2)
+        die()
+    torch.save = save
+import importlib
+stage = importlib.import_module(f"pipelines.{point}")
+sys.exit(stage.main(["--params", sys.argv[1]]))
+"""
+
+
+@pytest.fixture(scope="module")
+def finished_project(tmp_path_factory):
+    """A tiny project after one complete run of fetch, validate, prepare and train."""
+    import yaml
+
+    from tests.conftest import TINY
+
+    root = tmp_path_factory.mktemp("killed")
+    paths = {k: str(root / v) for k, v in {"raw": "data/raw", "validated": "data/validated", "prepared": "data/prepared",
+                                            "models": "models", "reports": "reports"}.items()}
+    params = {**TINY, "paths": paths, "train": {**TINY_TRAIN, "epochs": 1, "log_every": 1, "checkpoint_every": 2}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    for stage in STAGES:
+        subprocess.run([sys.executable, "-m", f"pipelines.{stage}"], cwd=root, env=env, check=True, capture_output=True)
+    return root, env
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_sigkill_inside_a_write_leaves_the_previous_output_whole(finished_project, stage):
+    root, env = finished_project
+    before = _outputs(root)
+    process = subprocess.run([sys.executable, "-c", KILL_INSIDE_WRITE, str(root / "params.yaml"), stage], cwd=root, env=env,
+                             capture_output=True, text=True, start_new_session=True)
+    assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]
+    now = _outputs(root)
+    assert _temporaries(root), "the kill should have left a half-written temporary behind"
+    if stage == "train":  # a new run has begun: its loss history is new, but whole; the checkpoint is the old one
+        assert now["models/checkpoint.pt"] == before["models/checkpoint.pt"]
+        _assert_complete(now, before, f"after SIGKILL inside {stage}'s write")
+    else:
+        # validate swaps its (complete) Data Docs in before it writes the manifest: new, but whole.
+        docs = "reports/validate/data_docs/"
+        assert {k: v for k, v in now.items() if not k.startswith(docs)} == {k: v for k, v in before.items() if not k.startswith(docs)}, \
+            f"an output of {stage} changed although the stage never finished"
+        _assert_complete(now, before, f"after SIGKILL inside {stage}'s write")
+    # The next run cleans up and gives the same outputs again.
+    subprocess.run([sys.executable, "-m", f"pipelines.{stage}"], cwd=root, env=env, check=True, capture_output=True)
+    assert _temporaries(root) == []
+    after = _outputs(root)
+    for name, data in before.items():
+        if name.startswith(DETERMINISTIC_PREFIXES):
+            assert after[name] == data, name
+    if stage == "train":
+        a, b = _checkpoint_tensors(after["models/checkpoint.pt"]), _checkpoint_tensors(before["models/checkpoint.pt"])
+        assert all(torch.equal(a[k], b[k]) for k in b)
