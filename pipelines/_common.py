@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alphagan.atomic import describe_os_error
+from alphagan.atomic import clean_pipeline_leftovers, describe_os_error
 from alphagan.config import Params, load_params
 from alphagan.errors import AlphaGanError
 from alphagan.redaction import redact
@@ -27,7 +27,9 @@ def stage_main(name: str, body: Callable[[Params], None], argv: Sequence[str] | 
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
     try:
-        body(load_params(args.params))
+        params = load_params(args.params)  # paths checked: inside the project, no overlaps
+        clean_pipeline_leftovers(params.paths)  # temporaries of killed runs of any stage
+        body(params)
     except AlphaGanError as exc:
         print(redact(f"{name}: error: {exc}"), file=sys.stderr)
         return 1

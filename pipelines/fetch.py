@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from alphagan.atomic import clean_leftovers, staged_directory
+from alphagan.atomic import staged_directory
 from alphagan.config import Params
 from alphagan.sources import SourceError, fetch_images
 from pipelines._common import stage_main
@@ -13,7 +13,6 @@ from pipelines._common import stage_main
 
 def run(params: Params) -> None:
     out_dir = Path(params.paths.raw)
-    clean_leftovers(out_dir.parent)
     # Built beside paths.raw and swapped in when complete; an old paths.raw is replaced only
     # if the pipeline made it (its marker file), never a folder of someone's own files.
     with staged_directory(out_dir, "paths.raw") as staging:

@@ -5,14 +5,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from alphagan.atomic import clean_leftovers
 from alphagan.config import Params
 from alphagan.preprocess import prepare_dataset
 from pipelines._common import stage_main
 
 
 def run(params: Params) -> None:
-    clean_leftovers(Path(params.paths.prepared).parent)
     limits = params.validate_params
     counts = prepare_dataset(
         Path(params.paths.validated) / "manifest.csv", Path(params.paths.raw), Path(params.paths.prepared),

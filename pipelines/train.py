@@ -83,7 +83,6 @@ def run(params: Params) -> None:
     from alphagan import tracking  # mlflow loads only in the stages that log
 
     outputs = train_outputs(params)
-    atomic.clean_leftovers(outputs["checkpoint"].parent, outputs["metrics"].parent)
     outputs["metrics"].parent.mkdir(parents=True, exist_ok=True)
     prepared = Path(params.paths.prepared)
     train_images, val_images = load_prepared(params)

@@ -5,15 +5,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from alphagan.atomic import clean_leftovers
 from alphagan.config import Params
 from alphagan.validation import validate_images
 from pipelines._common import stage_main
 
 
 def run(params: Params) -> None:
-    reports = Path(params.paths.reports) / "validate"
-    clean_leftovers(Path(params.paths.validated).parent, reports)
     summary = validate_images(
         Path(params.paths.raw), params.validate_params, Path(params.paths.validated),
         Path(params.paths.reports) / "validate", draft_size=params.data.image_size,

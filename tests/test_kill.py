@@ -108,16 +108,24 @@ def test_sigkill_at_random_points_then_dvc_repro_rebuilds_the_reference(tmp_path
     kills = []
     for stage in STAGES:
         for seed in SEEDS:
-            delay = random.Random(f"{stage}-{seed}").uniform(0.05, 1.0) * durations[stage]
-            process = subprocess.Popen([sys.executable, "-m", f"pipelines.{stage}"], cwd=tmp_path, env=env,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-            time.sleep(delay)
-            killed = process.poll() is None
-            if killed:
-                os.killpg(process.pid, signal.SIGKILL)  # the stage and any worker processes it started
-            process.wait()
+            rng = random.Random(f"{stage}-{seed}")
+            length = durations[stage]
+            for _ in range(3):  # a run that finished before its kill is timed, and the next delay drawn within it
+                delay = rng.uniform(0.05, 0.95) * length
+                start = time.perf_counter()
+                process = subprocess.Popen([sys.executable, "-m", f"pipelines.{stage}"], cwd=tmp_path, env=env,
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                while process.poll() is None and time.perf_counter() - start < delay:
+                    time.sleep(0.01)
+                killed = process.poll() is None
+                if killed:
+                    os.killpg(process.pid, signal.SIGKILL)  # the stage and any worker processes it started
+                process.wait()
+                length = time.perf_counter() - start
+                _assert_complete(_outputs(tmp_path), reference, f"after SIGKILL of {stage} at {delay:.2f} s")
+                if killed:
+                    break
             kills.append((stage, seed, round(delay, 2), killed))
-            _assert_complete(_outputs(tmp_path), reference, f"after SIGKILL of {stage} at {delay:.2f} s")
     assert sum(killed for *_, killed in kills) >= len(kills) // 2, kills  # most runs really were cut short
 
     dvc_repro()

@@ -128,3 +128,15 @@ def test_leftovers_of_dead_processes_are_cleaned_and_nothing_else(tmp_path):
     removed = clean_leftovers(tmp_path)
     assert sorted(p.name for p in removed) == sorted([f".raw.tmp-{dead}", f".metrics.json.tmp-{dead}"])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f".raw.tmp-{os.getpid()}", "raw.tmp-1", ".hidden"])
+
+
+def test_any_stage_cleans_every_stage_s_leftovers_but_only_its_own_names(write_params, tmp_path):
+    dead = 2**22 + 777
+    params = str(write_params())
+    for leftover in (f"data/.raw.tmp-{dead}", f"data/.prepared.old-{dead}", f"models/.checkpoint.pt.tmp-{dead}",
+                     f"reports/validate/.data_docs.tmp-{dead}", f"reports/train/.losses.csv.tmp-{dead}"):
+        (tmp_path / leftover).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / leftover).write_text("partial")
+    (tmp_path / f"data/.notes.tmp-{dead}").write_text("a user's file beside the outputs, not one of their names")
+    assert fetch.main(["--params", params]) == 0  # fetch alone: the prepare, train and validate leftovers go too
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob(f"*-{dead}")) == [f"data/.notes.tmp-{dead}"]

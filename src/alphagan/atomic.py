@@ -200,11 +200,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_leftovers(*directories: str | Path) -> list[Path]:
+def clean_leftovers(*directories: str | Path, only: set[str] | None = None) -> list[Path]:
     """Remove temporary files and directories of killed runs (``.<name>.tmp-<pid>``) in ``directories``.
 
     Only names matching the pipeline's own pattern whose process no longer exists are
-    removed; returns what was removed.
+    removed (and, with ``only``, only temporaries of those output names); returns what was removed.
     """
     removed = []
     for directory in directories:
@@ -213,7 +213,7 @@ def clean_leftovers(*directories: str | Path) -> list[Path]:
             continue
         for entry in directory.iterdir():
             match = TEMP_PATTERN.match(entry.name)
-            if not match or _pid_alive(int(match["pid"])):
+            if not match or (only is not None and match["name"] not in only) or _pid_alive(int(match["pid"])):
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
@@ -221,4 +221,22 @@ def clean_leftovers(*directories: str | Path) -> list[Path]:
                 with contextlib.suppress(OSError):
                     entry.unlink()
             removed.append(entry)
+    return removed
+
+
+def clean_pipeline_leftovers(paths: Any) -> list[Path]:
+    """Every stage's leftovers, removed at the start of any stage.
+
+    A stage that `dvc repro` skips (its outputs are intact) would otherwise never remove
+    the temporaries a killed run of it left. Beside each directory output only that
+    output's own temporaries are touched; inside the pipeline's report and model
+    directories, any of the pipeline's temporaries.
+    """
+    removed = []
+    for name in ("raw", "validated", "prepared"):
+        output = Path(getattr(paths, name))
+        removed += clean_leftovers(output.parent, only={output.name})
+        removed += clean_leftovers(output)
+    reports = Path(paths.reports)
+    removed += clean_leftovers(Path(paths.models), reports / "validate", reports / "train", reports / "evaluate")
     return removed
