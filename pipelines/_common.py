@@ -3,26 +3,45 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from alphagan.atomic import clean_pipeline_leftovers, describe_os_error
 from alphagan.config import Params, load_params
 from alphagan.errors import AlphaGanError
+from alphagan.redaction import redact
 
 
 def stage_main(name: str, body: Callable[[Params], None], argv: Sequence[str] | None) -> int:
-    """Parse ``--params``, load them, run ``body``; an :class:`AlphaGanError` becomes one line on stderr."""
+    """Parse ``--params``, load them, run ``body``; an :class:`AlphaGanError` becomes one line on stderr.
+
+    So does a full disk or a refused write anywhere in the stage (naming the path). Any
+    other exception is a bug and keeps its traceback, with secrets masked like every message.
+    """
     parser = argparse.ArgumentParser(prog=f"python -m pipelines.{name}", description=f"alpha-gan {name} stage")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
     try:
-        body(load_params(args.params))
+        params = load_params(args.params)  # paths checked: inside the project, no overlaps
+        clean_pipeline_leftovers(params.paths)  # temporaries of killed runs of any stage
+        body(params)
     except AlphaGanError as exc:
-        print(f"{name}: error: {exc}", file=sys.stderr)
+        print(redact(f"{name}: error: {exc}"), file=sys.stderr)
         return 1
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+            print(redact("".join(traceback.format_exception(exc))), file=sys.stderr)
+            return 2
+        print(redact(f"{name}: error: {describe_os_error(exc, exc.filename or 'an output')}"), file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - a bug: keep the traceback, but never a secret in it
+        print(redact("".join(traceback.format_exception(exc))), file=sys.stderr)
+        return 2
     return 0
 
 

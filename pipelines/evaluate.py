@@ -8,6 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from alphagan import atomic
 from alphagan.config import Params
 from alphagan.errors import AlphaGanError
 from alphagan.evaluation import VALIDATED_METRICS, evaluate_model
@@ -22,6 +23,7 @@ def run(params: Params) -> None:
     trained = train_outputs(params)
     reports = Path(params.paths.reports) / "evaluate"
     reports.mkdir(parents=True, exist_ok=True)
+    atomic.clean_leftovers(reports)
     train_images, val_images = load_prepared(params)
     try:
         run_info = json.loads(trained["run"].read_text())
@@ -32,14 +34,14 @@ def run(params: Params) -> None:
     metrics, pictures = evaluate_model(
         decoder, encoder, config.latent_dim, train_images, val_images, params.evaluate.num_samples,
         params.evaluate.batch_size, params.seed, params.evaluate.inception_weights, params.evaluate.nearest_neighbours, device)
-    for name, picture in pictures.items():
-        Image.fromarray(picture).save(reports / f"{name}.png")
+    for name, picture in pictures.items():  # atomic: a killed run never leaves a torn picture
+        atomic.save_with(reports / f"{name}.png", lambda temporary, p=picture: Image.fromarray(p).save(temporary, format="PNG"))
     note, warnings = metrics.pop("eval/inception_note"), metrics.pop("eval/warnings")
     for warning in filter(None, warnings.split("; ")):
         print(f"evaluate: warning: {warning}", file=sys.stderr)
     numbers = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}
     # Flat names without the namespace: `dvc exp show` columns stay short.
-    (reports / "metrics.json").write_text(json.dumps(
+    atomic.write_text(reports / "metrics.json", json.dumps(
         {**{k.removeprefix("eval/"): v for k, v in numbers.items()}, "validated_metrics": list(VALIDATED_METRICS),
          "warnings": warnings, "inception_note": note, "run_id": run_info["run_id"]}, indent=2))
     tracking.use_experiment(params.train.experiment_name)

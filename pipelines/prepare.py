@@ -11,9 +11,10 @@ from pipelines._common import stage_main
 
 
 def run(params: Params) -> None:
+    limits = params.validate_params
     counts = prepare_dataset(
         Path(params.paths.validated) / "manifest.csv", Path(params.paths.raw), Path(params.paths.prepared),
-        params.data.image_size, params.prepare, params.seed,
+        params.data.image_size, params.prepare, params.seed, max_pixels=limits.max_pixels, max_bytes=limits.max_bytes,
     )
     print(f"prepare: {counts['train']} train + {counts['val']} val images at {counts['image_size']} px -> {params.paths.prepared}")
 

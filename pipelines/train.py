@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import platform
@@ -14,9 +15,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from alphagan import atomic
 from alphagan.config import Params, flatten
 from alphagan.models import EncoderMoments
-from alphagan.training import TrainingCallbacks, load_generator, select_device, train
+from alphagan.redaction import redact_mapping
+from alphagan.training import TrainingCallbacks, check_resume, load_generator, select_device, train
 from pipelines._common import load_prepared, stage_main
 
 
@@ -37,27 +40,43 @@ def file_digest(*paths: Path) -> str:
     return digest.hexdigest()
 
 
+def read_loss_rows(losses_csv: Path) -> list[dict[str, str]]:
+    try:
+        with open(losses_csv, newline="") as stream:
+            return list(csv.DictReader(stream))
+    except FileNotFoundError:
+        return []
+
+
 class StageCallbacks(TrainingCallbacks):
-    """Fan out to MLflow, and keep the loss history and last sample grid for DVC."""
+    """Fan out to MLflow, and keep the loss history and last sample grid for DVC.
+
+    ``losses.csv`` is rewritten atomically at each report (it is small), so a kill never
+    leaves a torn row; on resume it keeps only the rows up to the checkpoint's step, and
+    the resumed run writes the rest again: no step appears twice.
+    """
 
     def __init__(self, mlflow_callbacks: TrainingCallbacks, losses_csv: Path, samples_png: Path, resume: bool):
         self.forward = mlflow_callbacks
         self.losses_csv, self.samples_png = losses_csv, samples_png
-        self.append = resume and losses_csv.exists()
+        self.rows: list[dict] = read_loss_rows(losses_csv) if resume else []
+
+    def on_resume(self, step: int) -> None:
+        self.forward.on_resume(step)
+        self.rows = [row for row in self.rows if int(row["step"]) <= step]
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         self.forward.on_metrics(step, metrics)
-        row = {"step": step, **{k.removeprefix("train/"): round(v, 6) for k, v in metrics.items() if "loss" in k}}
-        with open(self.losses_csv, "a" if self.append else "w", newline="") as stream:
-            writer = csv.DictWriter(stream, fieldnames=list(row))
-            if not self.append:
-                writer.writeheader()
-            writer.writerow(row)
-        self.append = True
+        self.rows.append({"step": step, **{k.removeprefix("train/"): round(v, 6) for k, v in metrics.items() if "loss" in k}})
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(self.rows[-1]), lineterminator="\r\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic.write_text(self.losses_csv, buffer.getvalue())
 
     def on_images(self, step: int, epoch: int, images: dict[str, np.ndarray]) -> None:
         self.forward.on_images(step, epoch, images)
-        Image.fromarray(images["samples_ema"]).save(self.samples_png)
+        atomic.save_with(self.samples_png, lambda temporary: Image.fromarray(images["samples_ema"]).save(temporary, format="PNG"))
 
 
 def run(params: Params) -> None:
@@ -68,6 +87,8 @@ def run(params: Params) -> None:
     prepared = Path(params.paths.prepared)
     train_images, val_images = load_prepared(params)
     device = select_device(params.train.device)
+    # Misuse of resume (no checkpoint, changed hyper-parameters) stops before an MLflow run opens.
+    check_resume(outputs["checkpoint"], params.train, params.data.image_size, params.seed)
     previous_run = None
     if params.train.resume and outputs["run"].exists():
         previous_run = json.loads(outputs["run"].read_text())["run_id"]
@@ -81,8 +102,9 @@ def run(params: Params) -> None:
     run_name = os.environ.get("DVC_EXP_NAME") or None
     with tracking.start_run(experiment_id, run_name, tags, resume_run_id=previous_run) as active:
         run_id = active.info.run_id
-        outputs["run"].write_text(json.dumps({"run_id": run_id, "experiment_id": experiment_id,
-                                              "tracking_uri": tracking.tracking_uri()}, indent=2))
+        # The tracking URI may carry a token (user:token@host, ?token=): only its redacted form is stored.
+        atomic.write_text(outputs["run"], json.dumps({"run_id": run_id, "experiment_id": experiment_id,
+                                                      "tracking_uri": tracking.display_uri()}, indent=2))
         if previous_run != run_id:
             tracking.log_params(flatten(params.as_dict()))
         callbacks = StageCallbacks(tracking.MlflowCallbacks(), outputs["losses"], outputs["samples"], params.train.resume)
@@ -101,8 +123,9 @@ def run(params: Params) -> None:
                    "peak_memory_bytes": result.peak_memory_bytes, "device": result.device,
                    **{k: round(v, 6) for k, v in result.final_losses.items()},
                    "run_id": run_id, "generator_uri": generator_uri, "encoder_uri": encoder_uri}
-        outputs["metrics"].write_text(json.dumps(metrics, indent=2))
-    print(f"train: {result.step} steps on {result.device}, {result.images_per_second:.0f} img/s; MLflow run {run_id}")
+        atomic.write_text(outputs["metrics"], json.dumps(redact_mapping(metrics), indent=2))
+    print(f"train: {result.step} steps on {result.device}, {result.images_per_second:.0f} img/s; "
+          f"MLflow run {run_id} at {tracking.display_uri()}")
 
 
 def main(argv=None) -> int:

@@ -77,7 +77,10 @@ class ValidateParams(_Section):
     # Below this per-pixel standard deviation (0-255 scale) an image is taken as blank.
     min_pixel_std: float = Field(2.0, ge=0)
     # Decompression-bomb guard: images whose header declares more pixels are refused unread.
+    # Every reader uses it (validate, prepare); the folder source and validate also refuse
+    # any file over max_bytes without reading it.
     max_pixels: int = Field(50_000_000, ge=1)
+    max_bytes: int = Field(100_000_000, ge=1)
     max_reject_fraction: float = Field(0.2, ge=0, le=1)
 
     @model_validator(mode="after")
@@ -215,8 +218,53 @@ def _lists_to_tuples(value: Any) -> Any:
     return value
 
 
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def check_paths(params: Params, root: str | Path) -> None:
+    """Refuse paths that would let a stage write or delete outside the pipeline's own outputs.
+
+    Every ``paths.*`` must resolve (symlinks followed, relative to the working directory,
+    exactly as the stages use it) strictly inside ``root``, the outputs must not overlap,
+    and with ``data.source: folder`` the source may neither be, contain nor sit inside an
+    output. Checked when params load, before any stage writes or deletes anything.
+    """
+    root = Path(root).resolve()
+    outputs = {f"paths.{name}": (value, Path(value).expanduser().resolve())
+               for name, value in params.paths.model_dump().items()}
+    problems = []
+    for key, (value, resolved) in outputs.items():
+        if not value.strip():
+            problems.append(f"{key} is empty; name a directory inside the project root {root}")
+        elif not _inside(resolved, root) or resolved == root:
+            problems.append(f"{key} = {value!r} resolves to {resolved}, which is not inside the project root {root} "
+                            f"(the directory of the params file); outputs must live below it")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    keys = list(outputs)
+    for i, first in enumerate(keys):
+        for second in keys[i + 1:]:
+            a, b = outputs[first][1], outputs[second][1]
+            if _inside(a, b) or _inside(b, a):
+                raise ConfigError(f"{first} ({a}) and {second} ({b}) overlap; each stage output needs its own directory")
+    if params.data.source == "folder":
+        source = Path(params.data.folder.path).expanduser().resolve()
+        for key, (_, output) in outputs.items():
+            if source == output:
+                relation = "is the same directory as"
+            elif _inside(output, source):
+                relation = "contains"
+            elif _inside(source, output):
+                relation = "sits inside"
+            else:
+                continue
+            raise ConfigError(f"data.folder.path ({source}) {relation} the output {key} ({output}); a stage may replace "
+                              f"its outputs, so your images must live elsewhere: move them or change {key}")
+
+
 def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
-    """Load and validate params.yaml."""
+    """Load and validate params.yaml; its directory is the project root all outputs must stay in."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -226,7 +274,9 @@ def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_params(raw)
+    params = parse_params(raw)
+    check_paths(params, path.absolute().parent.resolve())
+    return params
 
 
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,67 @@ RESAMPLING = {
 }
 
 
+#: The byte cap when none is given (``validate.max_bytes`` in params.yaml).
+DEFAULT_MAX_BYTES = 100_000_000
+DEFAULT_MAX_PIXELS = 50_000_000
+
+
 class ImageRejected(ValueError):
     """The file cannot be used as an image; the message is the human-readable reason."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def file_problem(path: Path, max_bytes: int) -> str:
+    """'' when ``path`` is (or links to) a regular file of at most ``max_bytes``, else why not.
+
+    Decided from ``lstat``/``stat`` alone: nothing is opened, so a FIFO or device never blocks or streams.
+    """
+    path = Path(path)
+    try:
+        own = path.lstat()
+    except OSError as exc:
+        return f"cannot stat: {exc.strerror or exc}"
+    is_link = stat.S_ISLNK(own.st_mode)
+    try:
+        info = path.stat() if is_link else own
+    except OSError:
+        return f"dangling symbolic link to {os.readlink(path)}"
+    if not stat.S_ISREG(info.st_mode):
+        what = _kind(info.st_mode)
+        return f"symbolic link to {what}; only regular files are read" if is_link else f"{what}; only regular files are read"
+    if info.st_size > max_bytes:
+        return f"{info.st_size} bytes, over validate.max_bytes {max_bytes}"
+    return ""
+
+
+def read_limited(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``, or :class:`ImageRejected` saying why not.
+
+    Checked before opening, then opened non-blocking and checked again on the descriptor:
+    a FIFO or device swapped in between is still never read.
+    """
+    problem = file_problem(path, max_bytes)
+    if problem:
+        raise ImageRejected(problem)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+        with os.fdopen(fd, "rb") as stream:
+            info = os.fstat(stream.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ImageRejected(f"{_kind(info.st_mode)}; only regular files are read")
+            data = stream.read(max_bytes + 1)
+    except OSError as exc:
+        raise ImageRejected(f"unreadable file: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise ImageRejected(f"over validate.max_bytes {max_bytes} bytes")
+    return data
 
 
 def open_image(data: bytes, max_pixels: int, draft_size: int | None = None) -> Image.Image:
@@ -116,23 +177,26 @@ def inspect_image(data: bytes, max_pixels: int, draft_size: int) -> dict[str, An
     return row
 
 
-def inspect_file(path: Path, max_pixels: int, draft_size: int) -> dict[str, Any]:
-    """:func:`inspect_image` of a file on disk; an unreadable file becomes a row with its error."""
+def inspect_file(path: Path, max_pixels: int, draft_size: int, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
+    """:func:`inspect_image` of a file on disk; an unreadable, special or oversized file becomes a row with its error."""
     try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
+        data = read_limited(Path(path), max_bytes)
+    except ImageRejected as exc:
         row = inspect_image(b"", max_pixels, draft_size)
-        row.update(bytes=None, sha256=None, error=f"unreadable file: {exc.strerror or exc}")
+        row.update(bytes=None, sha256=None, error=f"unreadable file: {str(exc).removeprefix('unreadable file: ')}")
         return row
     return inspect_image(data, max_pixels, draft_size)
 
 
 def prepare_image(
     path: Path, size: int, fit: str = "crop", background: tuple[int, int, int] = (255, 255, 255),
-    resample: str = "lanczos", max_pixels: int = 50_000_000,
+    resample: str = "lanczos", max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> np.ndarray:
-    """One file to a ``(size, size, 3)`` uint8 array: orientation, RGB, crop or pad, resize."""
-    image = open_image(Path(path).read_bytes(), max_pixels, draft_size=size)
+    """One file to a ``(size, size, 3)`` uint8 array: orientation, RGB, crop or pad, resize.
+
+    Reads under the same limits as validate (``validate.max_pixels``, ``validate.max_bytes``).
+    """
+    image = open_image(read_limited(Path(path), max_bytes), max_pixels, draft_size=size)
     if exif_orientation(image) != 1:
         image = ImageOps.exif_transpose(image)
     image = to_rgb(image, background)

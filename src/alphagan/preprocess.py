@@ -2,12 +2,15 @@
 
 Outputs ``train.npy`` and ``val.npy`` (N x H x W x 3, uint8, memory-mappable with
 ``np.load(..., mmap_mode="r")``) and ``index.csv`` mapping each row back to its source.
-Decoding is spread over processes; each writes nothing but returns its array, and the
-parent fills a pre-allocated memmap so memory stays flat however many images there are.
+Decoding is spread over processes; each worker fills its rows of a pre-allocated memmap,
+so memory stays flat however many images there are. The whole output directory is built
+under a temporary name beside ``paths.prepared`` and renamed into place only when every
+array is complete and fsynced: no reader ever sees a half-filled (zero) array.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from functools import partial
 from multiprocessing import Pool
@@ -18,9 +21,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from alphagan import atomic
 from alphagan.config import PrepareParams
 from alphagan.errors import AlphaGanError
-from alphagan.imaging import prepare_image
+from alphagan.imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, prepare_image
 
 
 class PrepareError(AlphaGanError):
@@ -40,24 +44,38 @@ def split_indices(count: int, val_fraction: float, seed: int) -> tuple[np.ndarra
     return np.sort(order[val_count:]), np.sort(order[:val_count])
 
 
-def _load(path: str, root: str, size: int, params: PrepareParams) -> np.ndarray:
+def _load(path: str, root: str, size: int, params: PrepareParams, limits: tuple[int, int]) -> np.ndarray:
     try:
-        return prepare_image(Path(root) / path, size, params.fit, params.background, params.resample)
+        return prepare_image(Path(root) / path, size, params.fit, params.background, params.resample, *limits)
     except Exception as exc:  # noqa: BLE001 - a plain message always pickles back from a worker
         raise PrepareError(f"{path}: {type(exc).__name__}: {exc}") from None
 
 
-def _fill_rows(job: tuple[str, int, list[str]], root: str, size: int, params: PrepareParams) -> int:
+def _fill_rows(job: tuple[str, int, list[str]], root: str, size: int, params: PrepareParams, limits: tuple[int, int]) -> int:
     """Worker: decode a run of paths straight into rows of a ``.npy`` (nothing pickled back)."""
     out_file, start, paths = job
     array = np.load(out_file, mmap_mode="r+")
     for offset, path in enumerate(paths):
-        array[start + offset] = _load(path, root, size, params)
+        array[start + offset] = _load(path, root, size, params, limits)
     array.flush()
     return len(paths)
 
 
-def load_arrays(root: Path, outputs: dict[Path, list[str]], size: int, params: PrepareParams) -> None:
+def reserve_space(path: Path) -> None:
+    """Allocate a (sparse) file's blocks now: a full disk is then an ``OSError`` here, not a
+    SIGBUS in whichever worker first touches an unbacked page of the memmap."""
+    with open(path, "r+b") as stream:
+        try:
+            os.posix_fallocate(stream.fileno(), 0, os.fstat(stream.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+        except AttributeError:  # no posix_fallocate on this platform
+            pass
+
+
+def load_arrays(root: Path, outputs: dict[Path, list[str]], size: int, params: PrepareParams,
+                max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
     """Decode each list of paths (relative to ``root``) into a new ``.npy`` file, rows in list order.
 
     One process pool serves every output; each worker writes its rows into the memmap
@@ -65,13 +83,14 @@ def load_arrays(root: Path, outputs: dict[Path, list[str]], size: int, params: P
     """
     for out_file, paths in outputs.items():
         np.lib.format.open_memmap(out_file, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3)).flush()
+        reserve_space(out_file)
     total = sum(len(paths) for paths in outputs.values())
     workers = min(params.workers or os.cpu_count() or 1, max(1, total // 64))
     # Few large runs: with small ones, per-task overhead rather than decoding limits scaling.
     chunk = max(64, -(-total // (workers * 4)))
     jobs = [(str(out_file), start, paths[start:start + chunk])
             for out_file, paths in outputs.items() for start in range(0, len(paths), chunk)]
-    work = partial(_fill_rows, root=str(root), size=size, params=params)
+    work = partial(_fill_rows, root=str(root), size=size, params=params, limits=(max_pixels, max_bytes))
     try:
         with tqdm(total=total, desc="prepare", unit="img") as progress:
             if workers == 1:
@@ -85,21 +104,29 @@ def load_arrays(root: Path, outputs: dict[Path, list[str]], size: int, params: P
         raise PrepareError(f"an accepted image failed to prepare: {exc}") from None
 
 
-def prepare_dataset(manifest_csv: Path, raw_dir: Path, out_dir: Path, image_size: int, params: PrepareParams, seed: int) -> dict[str, Any]:
-    """Write ``train.npy``, ``val.npy`` and ``index.csv`` from the accepted rows of the manifest."""
-    manifest = pd.read_csv(manifest_csv, dtype={"path": str, "sha256": str}, keep_default_na=False)
+def prepare_dataset(manifest_csv: Path, raw_dir: Path, out_dir: Path, image_size: int, params: PrepareParams, seed: int,
+                    max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
+    """Write ``train.npy``, ``val.npy`` and ``index.csv`` from the accepted rows of the manifest.
+
+    ``max_pixels`` and ``max_bytes`` are validate's limits (``validate.*``): an image validate
+    accepted is read under the same ones.
+    """
+    atomic.ensure_owned(out_dir, "paths.prepared")
+    try:
+        manifest = pd.read_csv(manifest_csv, dtype={"path": str, "sha256": str}, keep_default_na=False)
+    except FileNotFoundError:
+        raise PrepareError(f"{manifest_csv} is missing; run the validate stage first (dvc repro validate)") from None
     accepted = manifest[manifest["accepted"].astype(str).str.lower() == "true"].sort_values("path")
     if accepted.empty:
         raise PrepareError(f"{manifest_csv} accepts no images; nothing to prepare")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = accepted["path"].tolist()
     hashes = accepted["sha256"].tolist()
     train_rows, val_rows = split_indices(len(paths), params.val_fraction, seed)
     splits = {"train": train_rows, "val": val_rows}
-    load_arrays(Path(raw_dir), {out_dir / f"{split}.npy": [paths[i] for i in rows] for split, rows in splits.items()},
-                image_size, params)
-    index = [{"split": split, "row": r, "path": paths[i], "sha256": hashes[i]}
-             for split, rows in splits.items() for r, i in enumerate(rows)]
-    pd.DataFrame(index, columns=["split", "row", "path", "sha256"]).to_csv(out_dir / "index.csv", index=False)
+    with atomic.staged_directory(out_dir, "paths.prepared") as staging:
+        load_arrays(Path(raw_dir), {staging / f"{split}.npy": [paths[i] for i in rows] for split, rows in splits.items()},
+                    image_size, params, max_pixels, max_bytes)
+        index = [{"split": split, "row": r, "path": paths[i], "sha256": hashes[i]}
+                 for split, rows in splits.items() for r, i in enumerate(rows)]
+        pd.DataFrame(index, columns=["split", "row", "path", "sha256"]).to_csv(staging / "index.csv", index=False)
     return {"train": int(len(train_rows)), "val": int(len(val_rows)), "image_size": image_size}

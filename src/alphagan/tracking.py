@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from alphagan.redaction import redact, redact_mapping, redact_uri
 from alphagan.training import TrainingCallbacks
 
 # Before mlflow is imported: no usage reporting from a pipeline run.
@@ -31,6 +32,11 @@ _PARAM_BATCH = 100
 def tracking_uri(root: str | Path = "mlruns") -> str:
     """``MLFLOW_TRACKING_URI`` if set, else the project's sqlite store under ``root``."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+def display_uri(root: str | Path = "mlruns") -> str:
+    """The tracking URI as it may be shown or stored: credentials masked (``user:***@``, ``token=***``)."""
+    return redact(redact_uri(tracking_uri(root)))
 
 
 def use_experiment(name: str, root: str | Path = "mlruns") -> str:
@@ -60,6 +66,7 @@ def git_state(cwd: str | Path = ".") -> dict[str, str]:
 
 def start_run(experiment_id: str, run_name: str | None, tags: dict[str, str], resume_run_id: str | None = None):
     """Start (or, to resume training, reopen) a run; use as a context manager."""
+    tags = redact_mapping(tags)
     if resume_run_id:
         try:
             return mlflow.start_run(run_id=resume_run_id, tags=tags)
@@ -72,7 +79,7 @@ def log_params(flat_params: dict[str, Any]) -> None:
     """Log flattened params in batches MLflow accepts."""
     items = sorted(flat_params.items())
     for start in range(0, len(items), _PARAM_BATCH):
-        mlflow.log_params({k: str(v)[:6000] for k, v in items[start:start + _PARAM_BATCH]})
+        mlflow.log_params({k: redact(str(v))[:6000] for k, v in items[start:start + _PARAM_BATCH]})
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None, run_id: str | None = None) -> None:
@@ -99,17 +106,41 @@ def log_artifact(path: str | Path, artifact_path: str | None = None, run_id: str
 
 def set_tags(tags: dict[str, str], run_id: str) -> None:
     client = mlflow.MlflowClient()
-    for key, value in tags.items():
+    for key, value in redact_mapping(tags).items():
         client.set_tag(run_id, key, value)
 
 
+def last_logged_step(run_id: str, prefix: str = "train/") -> int:
+    """The highest step of any ``prefix`` metric already in the run (-1 when none)."""
+    client = mlflow.MlflowClient()
+    names = [name for name in client.get_run(run_id).data.metrics if name.startswith(prefix)]
+    steps = [m.step for name in names for m in client.get_metric_history(run_id, name)]
+    return max(steps, default=-1)
+
+
 class MlflowCallbacks(TrainingCallbacks):
-    """Training numbers and epoch pictures into the active MLflow run."""
+    """Training numbers and epoch pictures into the active MLflow run.
+
+    On resume, steps the run already holds (logged after the checkpoint by the killed run)
+    are not logged again, so a metric's history never holds a step twice. Resume is
+    bit-exact on CPU, so the values kept are those the resumed run computes too.
+    """
+
+    def __init__(self) -> None:
+        self.skip_through = -1
+
+    def on_resume(self, step: int) -> None:
+        run = mlflow.active_run()
+        self.skip_through = last_logged_step(run.info.run_id) if run is not None else -1
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        if step <= self.skip_through:
+            return
         mlflow.log_metrics(metrics, step=step)
 
     def on_images(self, step: int, epoch: int, images: dict[str, np.ndarray]) -> None:
+        if step <= self.skip_through:
+            return
         for key, image in images.items():
             # key + step: the UI shows each series as one card with a step slider.
             mlflow.log_image(image, key=key, step=step)

@@ -9,14 +9,15 @@ Per batch (Larsen et al. 2016, Algorithm 1, with the usual modern cures):
      decoder (used for samples and export)
 
 The loop reports numbers through :class:`TrainingCallbacks` and knows nothing of MLflow or
-DVC. Checkpoints hold everything needed to continue bit-for-bit on CPU (models,
-optimisers, EMA, RNG state, step) and load with ``torch.load(weights_only=True)``.
+DVC. Checkpoints hold everything needed to continue bit-for-bit (models, optimisers, EMA,
+the CPU and every CUDA RNG state, step, and the hyper-parameters they were made with); they
+load with ``torch.load(weights_only=True, map_location="cpu")`` whatever device wrote them,
+and the states then move to the training device.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import resource
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,7 +31,7 @@ from torch.optim.swa_utils import AveragedModel
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
-from alphagan import losses
+from alphagan import atomic, losses
 from alphagan.augment import diff_augment
 from alphagan.config import TrainParams
 from alphagan.errors import AlphaGanError
@@ -49,6 +50,9 @@ class TrainingDiverged(TrainingError):
 
 class TrainingCallbacks:
     """Where the loop's numbers and pictures go. The default drops them."""
+
+    def on_resume(self, step: int) -> None:
+        """Training continues from a checkpoint at ``step``: anything recorded after it is to be redone."""
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         """Scalar metrics (``train/...``) at ``step``."""
@@ -147,31 +151,84 @@ class VaeGan:
         return self.ema_decoder.module
 
 
-def save_checkpoint(path: Path, model: VaeGan, step: int, epoch: int) -> None:
-    """Write atomically: a crash mid-write never leaves a broken checkpoint behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+#: Train params that may change when resuming: how long, where, and how often to report.
+#: Any other change (learning rates, loss weights, batch size, architecture, seed) is refused.
+RESUMABLE_CHANGES = frozenset({"resume", "epochs", "max_steps", "device", "log_every", "checkpoint_every", "grid_size",
+                               "experiment_name", "registered_model_name"})
+
+
+def save_checkpoint(path: Path, model: VaeGan, step: int, epoch: int, hyperparameters: dict[str, Any] | None = None) -> None:
+    """Write atomically (temp file, fsync, rename): a crash mid-write never leaves a broken checkpoint behind.
+
+    Every RNG is saved as a CPU ByteTensor: the CPU generator's and one per CUDA device.
+    """
     state = {
         "version": CHECKPOINT_VERSION, "step": step, "epoch": epoch, "model_config": asdict(model.config),
         "models": model.state_dict(), "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda_rng": [s.cpu() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+        "hyperparameters": hyperparameters or {},
     }
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
+    atomic.save_with(path, lambda temporary: torch.save(state, temporary))
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint safely (tensors and plain containers only: no pickled code)."""
+    """Load a checkpoint safely (tensors and plain containers only: no pickled code).
+
+    Loads to the CPU by default whatever device saved it; move states to a device after.
+    """
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise TrainingError(f"no checkpoint at {path}") from None
     except Exception as exc:  # noqa: BLE001 - a corrupt file is a user-facing problem
-        raise TrainingError(f"checkpoint {path} cannot be read: {type(exc).__name__}: {exc}") from None
+        first_line = (str(exc).strip().splitlines() or [""])[0][:200]  # torch's messages run to many lines
+        raise TrainingError(f"checkpoint {path} cannot be read (not a checkpoint of this pipeline, or corrupt): "
+                            f"{type(exc).__name__}: {first_line}") from None
     if state.get("version") != CHECKPOINT_VERSION:
         raise TrainingError(f"checkpoint {path} has version {state.get('version')}, expected {CHECKPOINT_VERSION}")
     return state
+
+
+def checkpoint_hyperparameters(params: TrainParams, seed: int) -> dict[str, Any]:
+    """What a checkpoint records of the run that made it (compared when resuming)."""
+    return {"seed": seed, **{f"train.{k}": v for k, v in params.model_dump(mode="json").items()}}
+
+
+def check_resume(checkpoint_path: Path, params: TrainParams, image_size: int, seed: int) -> dict[str, Any] | None:
+    """The checkpoint to resume from (loaded to CPU), ``None`` when not resuming; refuses misuse.
+
+    ``train.resume: true`` needs a checkpoint; it must be of the same model, and every
+    hyper-parameter outside :data:`RESUMABLE_CHANGES` must be unchanged. A change is refused
+    with the keys and both values rather than silently kept or silently applied.
+    """
+    if not params.resume:
+        return None
+    checkpoint_path = Path(checkpoint_path)
+    if not checkpoint_path.exists():
+        raise TrainingError(f"train.resume is true but there is no checkpoint at {checkpoint_path}; "
+                            "set train.resume=false to start a new run")
+    state = load_checkpoint(checkpoint_path)
+    config = model_config(params, image_size)
+    if state["model_config"] != asdict(config):
+        raise TrainingError(f"checkpoint {checkpoint_path} was made with a different model "
+                            f"({state['model_config']}); set train.resume=false to start over")
+    saved = state.get("hyperparameters") or {}
+    now = checkpoint_hyperparameters(params, seed)
+    changed = [f"{key} {saved[key]!r} -> {now.get(key)!r}" for key in sorted(saved)
+               if key.removeprefix("train.") not in RESUMABLE_CHANGES and saved[key] != now.get(key)]
+    if changed:
+        raise TrainingError(f"cannot resume {checkpoint_path}: hyper-parameters changed since it was saved "
+                            f"({'; '.join(changed)}); restore them, or set train.resume=false to start over with the new ones")
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """CPU generator from its saved ByteTensor; CUDA generators per device, only where CUDA is present."""
+    torch.set_rng_state(state["torch_rng"].cpu())
+    saved_cuda = state.get("cuda_rng") or []
+    if saved_cuda and torch.cuda.is_available():
+        for index, rng in enumerate(saved_cuda[:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(rng.cpu(), index)
 
 
 def load_generator(path: Path, map_location: str | torch.device = "cpu") -> tuple[Decoder, Encoder, ModelConfig]:
@@ -344,16 +401,14 @@ def train(
     val_batch = to_tensor(shown[: min(16, len(shown))], device)
 
     step = 0
-    if params.resume and Path(checkpoint_path).exists():
-        state = load_checkpoint(checkpoint_path, device)
-        if state["model_config"] != asdict(config):
-            raise TrainingError(f"checkpoint {checkpoint_path} was made with a different model "
-                                f"({state['model_config']}); set train.resume=false to start over")
-        model.load_state_dict(state["models"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and state["cuda_rng"]:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+    hyperparameters = checkpoint_hyperparameters(params, seed)
+    state = check_resume(checkpoint_path, params, image_size, seed)
+    if state is not None:
+        model.load_state_dict(state["models"])  # CPU tensors copied into the models on `device`
+        restore_rng(state)
         step = int(state["step"])
+        callbacks.on_resume(step)
+        del state
 
     progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
     window_start, window_images = time.perf_counter(), 0
@@ -393,10 +448,10 @@ def train(
             progress.set_postfix(d=f"{last['loss_d']:.3f}", vae=f"{last['loss_vae']:.3f}", ips=f"{images_per_second:.0f}")
             window_start, window_images = time.perf_counter(), 0
         if step % params.checkpoint_every == 0 and step < total_steps:
-            save_checkpoint(checkpoint_path, model, step, epoch)
+            save_checkpoint(checkpoint_path, model, step, epoch, hyperparameters)
         if step % steps_per_epoch == 0 or step == total_steps:
             callbacks.on_images(step, epoch, epoch_images(model, fixed_latent, val_batch))
     progress.close()
-    save_checkpoint(checkpoint_path, model, step, step // steps_per_epoch)
+    save_checkpoint(checkpoint_path, model, step, step // steps_per_epoch, hyperparameters)
     return TrainResult(step=step, epoch=step // steps_per_epoch, device=str(device), images_per_second=images_per_second,
                        peak_memory_bytes=peak_memory_bytes(device), final_losses=last)

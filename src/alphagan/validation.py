@@ -21,9 +21,11 @@ from typing import Any, Callable
 import pandas as pd
 from tqdm import tqdm
 
+from alphagan import atomic
 from alphagan.config import ValidateParams
 from alphagan.errors import AlphaGanError
 from alphagan.imaging import inspect_file
+from alphagan.sources.folder import SKIPPED_FILE, read_skipped
 
 SCAN_COLUMNS = [
     "path", "bytes", "sha256", "format", "mode", "width", "height", "short_side", "long_side",
@@ -36,14 +38,27 @@ class ValidationFailed(AlphaGanError):
     """Too many files were rejected; outputs were still written for inspection."""
 
 
+#: The pipeline's own bookkeeping files at the top of the raw directory: not images.
+_OWN_FILES = {atomic.MARKER, SKIPPED_FILE}
+
+
 def list_files(root: Path) -> list[Path]:
-    """Every regular file below ``root``, in a deterministic (sorted) order."""
-    # Dangling links count too: they are files the user gave us that cannot be read.
-    return sorted(p for p in Path(root).rglob("*") if p.is_file() or p.is_symlink())
+    """Every file below ``root`` (links and special files included), in a deterministic (sorted) order.
+
+    Nothing is opened here; :func:`~alphagan.imaging.inspect_file` refuses what is not a
+    regular file with a reason. The pipeline's own marker and skipped-file list are left out.
+    """
+    root = Path(root)
+    found = []
+    for directory, dirnames, filenames in os.walk(root, followlinks=False):
+        base = Path(directory)
+        found += [base / d for d in dirnames if (base / d).is_symlink()]  # a link to a directory: listed, not entered
+        found += [base / f for f in filenames if not (base == root and f in _OWN_FILES)]
+    return sorted(found)
 
 
-def _inspect(path: str, root: str, max_pixels: int, draft_size: int) -> dict[str, Any]:
-    row = inspect_file(Path(root) / path, max_pixels, draft_size)
+def _inspect(path: str, root: str, max_pixels: int, draft_size: int, max_bytes: int) -> dict[str, Any]:
+    row = inspect_file(Path(root) / path, max_pixels, draft_size, max_bytes)
     row["path"] = path
     return row
 
@@ -56,7 +71,7 @@ def scan_images(root: Path, params: ValidateParams, draft_size: int = 64, worker
     """
     root = Path(root)
     paths = [p.relative_to(root).as_posix() for p in list_files(root)]
-    work = partial(_inspect, root=str(root), max_pixels=params.max_pixels, draft_size=draft_size)
+    work = partial(_inspect, root=str(root), max_pixels=params.max_pixels, draft_size=draft_size, max_bytes=params.max_bytes)
     workers = workers or os.cpu_count() or 1
     if workers == 1 or len(paths) < 64:
         rows = [work(p) for p in tqdm(paths, desc="scan", unit="file")]
@@ -160,6 +175,16 @@ def judge(table: pd.DataFrame, checks: list[Check], validation_result: Any) -> p
     return manifest
 
 
+def add_skipped(manifest: pd.DataFrame, skipped: list[tuple[str, str]]) -> pd.DataFrame:
+    """Rows for the files fetch did not copy (links to directories or devices, FIFOs, oversized files)."""
+    if not skipped:
+        return manifest
+    rows = pd.DataFrame({"path": [p for p, _ in skipped], "accepted": False, "reason_code": "skipped",
+                         "reason": [r for _, r in skipped], "decodable": False, "error": [r for _, r in skipped]})
+    combined = pd.concat([manifest, rows.astype({c: manifest[c].dtype for c in rows.columns})], ignore_index=True)
+    return combined.sort_values("path", kind="stable", ignore_index=True)
+
+
 def summarise(manifest: pd.DataFrame) -> dict[str, Any]:
     """Counts for the summary JSON: seen, accepted, rejected, rejected by reason class."""
     rejected = manifest.loc[~manifest["accepted"], "reason_code"]
@@ -181,19 +206,24 @@ def validate_images(raw_dir: Path, params: ValidateParams, out_dir: Path, report
     fraction is above ``params.max_reject_fraction``.
     """
     out_dir, report_dir = Path(out_dir), Path(report_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report_dir.mkdir(parents=True, exist_ok=True)
+    # Both directory outputs must be the pipeline's own before anything is written.
+    atomic.ensure_owned(out_dir, "paths.validated")
+    atomic.ensure_owned(report_dir / "data_docs")
     table = scan_images(raw_dir, params, draft_size=draft_size)
+    skipped = read_skipped(raw_dir)
     if table.empty:
-        raise ValidationFailed(f"{raw_dir} holds no files; nothing to validate")
+        detail = f" ({len(skipped)} skipped by fetch, e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+        raise ValidationFailed(f"{raw_dir} holds no files to validate{detail}")
     checks = build_expectations(params)
-    result = run_suite(table, checks, docs_dir=report_dir / "data_docs")
-    manifest = judge(table, checks, result)
-    manifest.to_csv(out_dir / "manifest.csv", index=False)
-    (report_dir / "gx_result.json").write_text(json.dumps(result.to_json_dict(), indent=1, default=str), encoding="utf-8")
+    with atomic.staged_directory(report_dir / "data_docs") as docs:
+        result = run_suite(table, checks, docs_dir=docs)
+    manifest = add_skipped(judge(table, checks, result), skipped)
+    with atomic.staged_directory(out_dir, "paths.validated") as staging:
+        manifest.to_csv(staging / "manifest.csv", index=False)
+    atomic.write_text(report_dir / "gx_result.json", json.dumps(result.to_json_dict(), indent=1, default=str))
     summary = summarise(manifest)
     summary["max_reject_fraction"] = params.max_reject_fraction
-    (report_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    atomic.write_text(report_dir / "summary.json", json.dumps(summary, indent=2))
     if summary["rejected_fraction"] > params.max_reject_fraction:
         raise ValidationFailed(
             f"{summary['rejected']} of {summary['files_seen']} files rejected "

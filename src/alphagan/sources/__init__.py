@@ -20,12 +20,14 @@ class SourceError(AlphaGanError):
 
 
 def fetch_images(params: Params, out_dir: Path) -> int:
-    """Fill ``out_dir`` (which must be empty or missing) from the configured source.
+    """Fill ``out_dir`` (which must be empty or missing, apart from the pipeline's marker) from the source.
 
-    Returns the number of files written.
+    Returns the number of files written; a source that delivers none is an error.
     """
+    from alphagan.atomic import MARKER
+
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
+    if out_dir.exists() and any(p.name != MARKER for p in out_dir.iterdir()):
         raise SourceError(f"{out_dir} is not empty; remove it first (dvc repro does this for you)")
     out_dir.mkdir(parents=True, exist_ok=True)
     source = params.data.source
@@ -36,9 +38,9 @@ def fetch_images(params: Params, out_dir: Path) -> int:
     if source == "kaggle":
         from alphagan.sources.kaggle import fetch_kaggle
 
-        return fetch_kaggle(params.data.kaggle.handle, out_dir)
+        return fetch_kaggle(params.data.kaggle.handle, out_dir, params.validate_params.max_bytes)
     if source == "folder":
         from alphagan.sources.folder import import_folder
 
-        return import_folder(Path(params.data.folder.path), out_dir)
+        return import_folder(Path(params.data.folder.path), out_dir, params.validate_params.max_bytes)
     raise SourceError(f"unknown data.source {source!r}")  # unreachable: config validates it

@@ -8,12 +8,13 @@ Credentials come from kagglehub's usual places (``KAGGLE_USERNAME``/``KAGGLE_KEY
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from tqdm import tqdm
 
+from alphagan.imaging import DEFAULT_MAX_BYTES, ImageRejected, read_limited
 from alphagan.sources import SourceError
+from alphagan.sources.folder import write_skipped
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -44,14 +45,28 @@ def download_dataset(handle: str) -> Path:
     raise SourceError(HELP.format(handle=handle, kind=kind))
 
 
-def fetch_kaggle(handle: str, out_dir: Path) -> int:
-    """Copy the dataset's images (bytes untouched) into ``out_dir``, keeping their relative paths."""
+def fetch_kaggle(handle: str, out_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> int:
+    """Copy the dataset's images (bytes untouched) into ``out_dir``, keeping their relative paths.
+
+    Read like any other source: regular files of at most ``max_bytes`` only; anything else
+    is recorded with its reason for validate's manifest.
+    """
     root = download_dataset(handle)
-    images = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    images = sorted(p for p in root.rglob("*") if (p.is_file() or p.is_symlink()) and p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise SourceError(f"Kaggle dataset {handle} at {root} holds no images")
+    written, skipped = 0, []
     for path in tqdm(images, desc="copy kaggle", unit="img"):
-        target = out_dir / path.relative_to(root)
+        relative = path.relative_to(root)
+        try:
+            data = read_limited(path, max_bytes)
+        except ImageRejected as exc:
+            skipped.append((relative.as_posix(), f"skipped: {exc}"))
+            continue
+        target = out_dir / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
-    return len(images)
+        target.write_bytes(data)
+        written += 1
+    if skipped:
+        write_skipped(out_dir, skipped)
+    return written
