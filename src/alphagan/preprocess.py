@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
+from alphagan.progress import progress
 
 from alphagan import atomic
 from alphagan.config import PrepareParams
@@ -92,14 +92,14 @@ def load_arrays(root: Path, outputs: dict[Path, list[str]], size: int, params: P
             for out_file, paths in outputs.items() for start in range(0, len(paths), chunk)]
     work = partial(_fill_rows, root=str(root), size=size, params=params, limits=(max_pixels, max_bytes))
     try:
-        with tqdm(total=total, desc="prepare", unit="img") as progress:
+        with progress(total=total, desc="prepare", unit="img") as bar:
             if workers == 1:
                 for job in jobs:
-                    progress.update(work(job))
+                    bar.update(work(job))
             else:
                 with Pool(workers) as pool:
                     for done in pool.imap_unordered(work, jobs):
-                        progress.update(done)
+                        bar.update(done)
     except PrepareError as exc:
         raise PrepareError(f"an accepted image failed to prepare: {exc}") from None
 

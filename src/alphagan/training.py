@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torchvision.utils import make_grid
-from tqdm import tqdm
+from alphagan.progress import progress
 
 from alphagan import atomic, losses
 from alphagan.augment import diff_augment
@@ -410,7 +410,7 @@ def train(
         callbacks.on_resume(step)
         del state
 
-    progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    bar = progress(total=total_steps, initial=step, desc="train", unit="step")
     window_start, window_images = time.perf_counter(), 0
     images_per_second = 0.0
     last: dict[str, float] = {}
@@ -430,7 +430,7 @@ def train(
         named = train_step(model, real, params, step, autocast)
         step += 1
         window_images += batch_size
-        progress.update(1)
+        bar.update(1)
         if step % params.log_every == 0 or step == total_steps:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -445,13 +445,13 @@ def train(
                 "train/epoch": float(epoch),
             })
             callbacks.on_metrics(step, metrics)
-            progress.set_postfix(d=f"{last['loss_d']:.3f}", vae=f"{last['loss_vae']:.3f}", ips=f"{images_per_second:.0f}")
+            bar.set_postfix(d=f"{last['loss_d']:.3f}", vae=f"{last['loss_vae']:.3f}", ips=f"{images_per_second:.0f}")
             window_start, window_images = time.perf_counter(), 0
         if step % params.checkpoint_every == 0 and step < total_steps:
             save_checkpoint(checkpoint_path, model, step, epoch, hyperparameters)
         if step % steps_per_epoch == 0 or step == total_steps:
             callbacks.on_images(step, epoch, epoch_images(model, fixed_latent, val_batch))
-    progress.close()
+    bar.close()
     save_checkpoint(checkpoint_path, model, step, step // steps_per_epoch, hyperparameters)
     return TrainResult(step=step, epoch=step // steps_per_epoch, device=str(device), images_per_second=images_per_second,
                        peak_memory_bytes=peak_memory_bytes(device), final_losses=last)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
-from tqdm import tqdm
+from alphagan.progress import progress
 
 from alphagan import atomic
 from alphagan.config import ValidateParams
@@ -74,10 +74,10 @@ def scan_images(root: Path, params: ValidateParams, draft_size: int = 64, worker
     work = partial(_inspect, root=str(root), max_pixels=params.max_pixels, draft_size=draft_size, max_bytes=params.max_bytes)
     workers = workers or os.cpu_count() or 1
     if workers == 1 or len(paths) < 64:
-        rows = [work(p) for p in tqdm(paths, desc="scan", unit="file")]
+        rows = [work(p) for p in progress(paths, desc="scan", unit="file")]
     else:
         with Pool(workers) as pool:
-            rows = list(tqdm(pool.imap(work, paths, chunksize=32), total=len(paths), desc="scan", unit="file"))
+            rows = list(progress(pool.imap(work, paths, chunksize=32), total=len(paths), desc="scan", unit="file"))
     table = pd.DataFrame(rows, columns=[c for c in SCAN_COLUMNS if c not in ("short_side", "long_side", "duplicate_of")])
     for column in ("bytes", "width", "height", "frames", "exif_orientation"):
         table[column] = table[column].astype("Int64")

@@ -15,7 +15,7 @@ from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+from alphagan.progress import progress
 
 from alphagan.sources import SourceError
 
@@ -90,7 +90,7 @@ def render_avatars(params, image_size: int, seed: int, out_dir: Path, workers: i
     jobs = [(i, styles[i % len(styles)], seed, image_size, str(out_dir)) for i in range(params.count)]
     workers = workers or os.cpu_count() or 1
     with Pool(workers) as pool:
-        for _ in tqdm(pool.imap_unordered(_render_one, jobs, chunksize=64), total=len(jobs), desc="render dicebear", unit="img"):
+        for _ in progress(pool.imap_unordered(_render_one, jobs, chunksize=64), total=len(jobs), desc="render dicebear", unit="img"):
             pass
     return len(jobs)
 

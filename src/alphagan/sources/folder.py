@@ -24,7 +24,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
-from tqdm import tqdm
+from alphagan.progress import progress
 
 from alphagan.atomic import temp_name
 from alphagan.imaging import ImageRejected, read_limited
@@ -77,7 +77,7 @@ def _copy_tree(root: Path, out_dir: Path, max_bytes: int) -> tuple[int, list[tup
         entries += [base / d for d in dirnames if (base / d).is_symlink()]
         entries += [base / f for f in filenames if not f.startswith(".")]
     written, skipped = 0, []
-    for source in tqdm(sorted(entries), desc="copy folder", unit="file"):
+    for source in progress(sorted(entries), desc="copy folder", unit="file"):
         relative = source.relative_to(root).as_posix()
         try:
             data = read_limited(source, max_bytes)
@@ -181,7 +181,7 @@ def extract_archive(path: Path, out_dir: Path, max_bytes: int = 100_000_000) -> 
         staging.mkdir()
         try:
             written, skipped = 0, []
-            for entry in tqdm(entries, desc="extract", unit="file"):
+            for entry in progress(entries, desc="extract", unit="file"):
                 member = safe_member_path(entry.name)
                 if entry.is_dir or _is_skipped(member):
                     continue

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tqdm import tqdm
+from alphagan.progress import progress
 
 from alphagan.imaging import DEFAULT_MAX_BYTES, ImageRejected, read_limited
 from alphagan.sources import SourceError
@@ -56,7 +56,7 @@ def fetch_kaggle(handle: str, out_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES)
     if not images:
         raise SourceError(f"Kaggle dataset {handle} at {root} holds no images")
     written, skipped = 0, []
-    for path in tqdm(images, desc="copy kaggle", unit="img"):
+    for path in progress(images, desc="copy kaggle", unit="img"):
         relative = path.relative_to(root)
         try:
             data = read_limited(path, max_bytes)
