@@ -51,8 +51,9 @@ def run(params: Params) -> None:
     for name in pictures:
         tracking.log_artifact(reports / f"{name}.png", "evaluate", run_id=run_id)
     tracking.log_artifact(reports / "metrics.json", "evaluate", run_id=run_id)
-    print(f"evaluate: swd_ratio {numbers['eval/swd_ratio']:.3f} (real data: 1.0; bands 32/16/8 px: "
-          f"{'/'.join(f'{v:.1f}' for k, v in numbers.items() if k.startswith('eval/swd_') and k[9:].isdigit())}) (fd_random {numbers['eval/fd_random']:.3f}, floor {numbers['eval/fd_random_floor']:.3f}; "
+    bands = {k[9:]: v for k, v in numbers.items() if k.startswith("eval/swd_") and k[9:].isdigit()}
+    print(f"evaluate: swd_ratio {numbers['eval/swd_ratio']:.3f} (real data: 1.0; bands {'/'.join(bands)} px: "
+          f"{'/'.join(f'{v:.1f}' for v in bands.values())}) (fd_random {numbers['eval/fd_random']:.3f}, floor {numbers['eval/fd_random_floor']:.3f}; "
           f"{numbers['eval/count']} images a side), memorisation ratio {numbers['eval/memorisation_ratio']:.2f}, "
           f"PSNR {numbers['eval/psnr']:.2f} dB; {note}")
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from alphagan import atomic
+from alphagan import atomic, plots
 from alphagan.config import Params, flatten
 from alphagan.models import EncoderMoments
 from alphagan.redaction import redact_mapping
@@ -27,7 +27,8 @@ def train_outputs(params: Params) -> dict[str, Path]:
     """Where this stage writes (dvc.yaml names the same paths)."""
     reports = Path(params.paths.reports) / "train"
     return {"checkpoint": Path(params.paths.models) / "checkpoint.pt", "metrics": reports / "metrics.json",
-            "run": reports / "run.json", "losses": reports / "losses.csv", "samples": reports / "samples.png"}
+            "run": reports / "run.json", "losses": reports / "losses.csv", "samples": reports / "samples.png",
+            "loss_curves": reports / "losses.png", "samples_through_training": reports / "samples_through_training.png"}
 
 
 def file_digest(*paths: Path) -> str:
@@ -49,17 +50,21 @@ def read_loss_rows(losses_csv: Path) -> list[dict[str, str]]:
 
 
 class StageCallbacks(TrainingCallbacks):
-    """Fan out to MLflow, and keep the loss history and last sample grid for DVC.
+    """Fan out to MLflow, and keep DVC's files: the loss history, its chart, the last grid
+    and a strip of the same faces through training.
 
     ``losses.csv`` is rewritten atomically at each report (it is small), so a kill never
     leaves a torn row; on resume it keeps only the rows up to the checkpoint's step, and
-    the resumed run writes the rest again: no step appears twice.
+    the resumed run writes the rest again: no step appears twice. ``losses.png`` follows
+    it at every epoch, for readers without vega (DVC's charts load it from a CDN).
     """
 
-    def __init__(self, mlflow_callbacks: TrainingCallbacks, losses_csv: Path, samples_png: Path, resume: bool):
+    def __init__(self, mlflow_callbacks: TrainingCallbacks, outputs: dict[str, Path], image_size: int, resume: bool):
         self.forward = mlflow_callbacks
-        self.losses_csv, self.samples_png = losses_csv, samples_png
-        self.rows: list[dict] = read_loss_rows(losses_csv) if resume else []
+        self.outputs, self.image_size = outputs, image_size
+        self.rows: list[dict] = read_loss_rows(outputs["losses"]) if resume else []
+        # The first row of each epoch's grid (a resumed run starts its strip at the resume).
+        self.snapshots: list[tuple[int, np.ndarray]] = []
 
     def on_resume(self, step: int) -> None:
         self.forward.on_resume(step)
@@ -72,11 +77,17 @@ class StageCallbacks(TrainingCallbacks):
         writer = csv.DictWriter(buffer, fieldnames=list(self.rows[-1]), lineterminator="\r\n")
         writer.writeheader()
         writer.writerows(self.rows)
-        atomic.write_text(self.losses_csv, buffer.getvalue())
+        atomic.write_text(self.outputs["losses"], buffer.getvalue())
 
     def on_images(self, step: int, epoch: int, images: dict[str, np.ndarray]) -> None:
         self.forward.on_images(step, epoch, images)
-        atomic.save_with(self.samples_png, lambda temporary: Image.fromarray(images["samples_ema"]).save(temporary, format="PNG"))
+        grid = images["samples_ema"]
+        self.snapshots.append((epoch + 1, grid[: self.image_size + 4]))  # to_grid pads 2 px around each face
+        pictures = {"samples": grid, "samples_through_training": plots.samples_through_training(self.snapshots)}
+        if self.rows:
+            pictures["loss_curves"] = plots.loss_curves(self.rows)
+        for name, picture in pictures.items():
+            atomic.save_with(self.outputs[name], lambda temporary, p=picture: Image.fromarray(p).save(temporary, format="PNG"))
 
 
 def run(params: Params) -> None:
@@ -107,7 +118,7 @@ def run(params: Params) -> None:
                                                       "tracking_uri": tracking.display_uri()}, indent=2))
         if previous_run != run_id:
             tracking.log_params(flatten(params.as_dict()))
-        callbacks = StageCallbacks(tracking.MlflowCallbacks(), outputs["losses"], outputs["samples"], params.train.resume)
+        callbacks = StageCallbacks(tracking.MlflowCallbacks(), outputs, params.data.image_size, params.train.resume)
         result = train(train_images, val_images, params.train, params.data.image_size, params.seed,
                        outputs["checkpoint"], callbacks)
         decoder, encoder, config = load_generator(outputs["checkpoint"])

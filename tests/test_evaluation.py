@@ -205,5 +205,8 @@ def test_missing_inception_weights_are_reported_not_substituted(tmp_path):
     assert metrics["eval/swd_ratio_floor"] == 1.0
     bands = [metrics[f"eval/swd_{s}"] / metrics[f"eval/swd_{s}_floor"] for s in (16, 8)]
     assert metrics["eval/count"] == 6 and metrics["eval/draws"] == 3 and min(bands) <= metrics["eval/swd_ratio"] * 1.5
-    assert pictures["samples"].shape == (2 + 2 * 18, 8 * 18 + 2, 3)
+    # Val originals beside their reconstructions: 6 pairs in rows of 8 cells, the original first.
+    assert set(pictures) == {"reconstructions", "nearest_neighbours"}
+    assert pictures["reconstructions"].shape == (2 + 2 * 18, 8 * 18 + 2, 3)
+    assert np.array_equal(pictures["reconstructions"][2:18, 2:18], np.asarray(val)[0])
     assert pictures["nearest_neighbours"].dtype == np.uint8

@@ -113,6 +113,25 @@ def test_dvc_repro_runs_the_pipeline_and_is_idempotent(tmp_path):
     assert "images_per_second" in workspace and "files_seen" in workspace
     dvc("plots", "show", "-o", str(tmp_path / "plots"))
     assert (tmp_path / "plots" / "index.html").exists()
+    # Loss charts: against the logged step, one colour per series, titled axes.
+    plots = json.loads(dvc("plots", "show", "--json"))["data"]
+    charts = {name: entries[0]["content"] for name, entries in plots.items() if entries[0]["type"] == "vega"}
+    assert len(charts) == 2
+    for chart in charts.values():
+        encoding = chart["encoding"]
+        assert encoding["color"]["field"] == "field" and encoding["x"]["field"] == "step"
+        assert encoding["x"]["title"] == "training step" and encoding["y"]["title"].startswith("loss")
+        series = {row["field"] for row in chart["data"]["values"]}
+        assert len(series) >= 2 and series <= {"loss_d", "loss_adv_g", "loss_vae", "loss_feature", "loss_pixel", "loss_kl"}
+        logged_steps = [int(row["step"]) for row in chart["data"]["values"]]
+        last = max(logged_steps)  # log_every 2: every second real step, and the last one (not a row index)
+        assert sorted(set(logged_steps)) == [step for step in range(1, last + 1) if step % 2 == 0 or step == last]
+    # One picture per distinct thing: no two image plots are the same bytes.
+    images = {name: entries[0]["url"] for name, entries in plots.items() if entries[0]["type"] == "image"}
+    assert {Path(name).name for name in images} == {"losses.png", "samples_through_training.png", "samples.png",
+                                                     "reconstructions.png", "nearest_neighbours.png"}
+    contents = [Path(url).read_bytes() for url in images.values()]
+    assert len(set(contents)) == len(contents)
     evaluate_metrics = json.loads((tmp_path / "reports/evaluate/metrics.json").read_text())
     # Either a FID with its floor, or a note that says why not: never both, never neither.
     assert ("fid_inception" in evaluate_metrics) != evaluate_metrics["inception_note"].startswith("FID/KID (Inception) not computed")

@@ -146,7 +146,7 @@ def evaluate_model(
     num_samples: int, batch_size: int, seed: int, inception_weights: str = "", nearest: int = 8,
     device: torch.device | None = None, draws: int = 3,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """All evaluation metrics (``eval/...``), warnings, and the pictures (samples, closest pairs).
+    """All evaluation metrics (``eval/...``), warnings, and the pictures (val reconstructions, closest pairs).
 
     The val split is the reference; random train images (disjoint from val) are the
     real-data floor. With fewer than :data:`MIN_RELIABLE_COUNT` images per side the
@@ -162,7 +162,7 @@ def evaluate_model(
     warnings = []
     if quality["count"] < MIN_RELIABLE_COUNT:
         warnings.append(f"only {quality['count']} images per side (val {len(val_images)}, train {len(train_images)}, "
-                        f"generated {len(fake)}): distances this small are noise; compare runs on a larger val split")
+                        f"generated {len(fake)}): distances this small are noise, so compare runs on a larger val split")
     metrics["eval/small_sample"] = int(bool(warnings))
 
     reconstructed = reconstruct(encoder, decoder, reference, batch_size, device)
@@ -190,5 +190,9 @@ def evaluate_model(
                         "eval/kid_inception": kid, "eval/kid_inception_std": kid_std,
                         "eval/inception_note": f"InceptionV3 weights from {source}, {count} images a side, one draw"})
     metrics["eval/warnings"] = "; ".join(warnings)
-    pictures = {"samples": image_grid(fake[:64], 8), "nearest_neighbours": image_grid(pairs, 2 * min(4, len(memo.closest)))}
+    # Train's samples.png already shows the prior samples; evaluate shows what it alone has seen.
+    shown = min(32, len(reference))
+    originals_and_reconstructions = np.stack([reference[:shown], reconstructed[:shown]], axis=1).reshape(-1, *reference.shape[1:])
+    pictures = {"reconstructions": image_grid(originals_and_reconstructions, 8),
+                "nearest_neighbours": image_grid(pairs, 2 * min(4, len(memo.closest)))}
     return metrics, pictures
