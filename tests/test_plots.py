@@ -10,7 +10,7 @@ from alphagan.plots import loss_curves, samples_through_training
 
 def test_loss_curves_draw_each_series_in_its_own_colour():
     rows = [{"step": s, "loss_d": 1 + 0.1 * np.sin(s), "loss_adv_g": -0.2 + 0.1 * np.cos(s), "loss_vae": 3.0 / s, "loss_feature": 0.02 + 0.01 * np.cos(s),
-             "loss_pixel": 0.3, "loss_kl": 0.0} for s in range(1, 60)]
+             "loss_pixel": 0.3 + 0.1 * np.sin(s), "loss_kl": 0.05 * s} for s in range(1, 60)]
     picture = loss_curves(rows)
     assert picture.dtype == np.uint8 and picture.ndim == 3 and picture.shape[2] == 3
     # matplotlib's first colours (blue, orange, green, red) all appear: one per series.
