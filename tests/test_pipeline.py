@@ -177,3 +177,14 @@ def test_dvc_repro_runs_the_pipeline_and_is_idempotent(tmp_path):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns/mlflow.db'}")
     run_names = {run.info.run_name for run in mlflow.search_runs(experiment_names=["alpha-gan"], output_format="list")}
     assert {"lr-high", "lr-low"} <= run_names
+
+    # A third experiment, then `make exps`'s table: three experiments side by side in 160 columns.
+    dvc("exp", "run", "-n", "bce", "-S", "train.adversarial_loss=bce")
+    done = subprocess.run([sys.executable, "-m", "alphagan.experiments"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 160, done.stdout
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert header == ["experiment", "swd_ratio", "swd_ratio floor", "adversarial_loss", "lr"], done.stdout
+    names = [line.split("|")[1].strip() for line in lines[2:] if line.startswith("|")]
+    assert {"lr-high", "lr-low", "bce"} <= set(names)
