@@ -34,6 +34,13 @@ def main() -> None:
     if not (prepared / "train.npy").exists():
         raise SystemExit(f"metrics_ladder: {prepared / 'train.npy'} is missing; run `dvc repro prepare` first")
     train, val = np.load(prepared / "train.npy"), np.load(prepared / "val.npy")
+    count = min(args.count, len(val), len(train))
+    if count < args.count:
+        print(f"metrics_ladder: only {len(val)} val and {len(train)} train images: {count} a side instead of {args.count}"
+              f"{' (below 100 a side the verdicts are noise)' if count < 100 else ''}")
+    if count < 2:
+        raise SystemExit(f"metrics_ladder: {count} images a side cannot be scored; prepare a larger dataset")
+    args.count = count
     source = train[np.sort(np.random.default_rng(params.seed).choice(len(train), min(len(train), 2 * args.count), replace=False))]
     start = time.perf_counter()
     scores = score_at_equal_counts(val, {"real": source, **ladder_sets(source, params.seed)}, args.count, args.draws, params.seed)
