@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,7 @@ class StageCallbacks(TrainingCallbacks):
         self.rows: list[dict] = read_loss_rows(outputs["losses"]) if resume else []
         # The first row of each epoch's grid (a resumed run starts its strip at the resume).
         self.snapshots: list[tuple[int, np.ndarray]] = []
+        self.chart_drawn = -float("inf")
 
     def on_resume(self, step: int) -> None:
         self.forward.on_resume(step)
@@ -84,8 +86,18 @@ class StageCallbacks(TrainingCallbacks):
         grid = images["samples_ema"]
         self.snapshots.append((epoch + 1, grid[: self.image_size + 4]))  # to_grid pads 2 px around each face
         pictures = {"samples": grid, "samples_through_training": plots.samples_through_training(self.snapshots)}
-        if self.rows:
+        # The chart costs ~0.2 s: redrawn at most once a minute here, and once at the end (finish).
+        if self.rows and time.monotonic() - self.chart_drawn >= 60:
             pictures["loss_curves"] = plots.loss_curves(self.rows)
+            self.chart_drawn = time.monotonic()
+        self._save(pictures)
+
+    def finish(self) -> None:
+        """Draw the loss chart of the whole history (after the last step)."""
+        if self.rows:
+            self._save({"loss_curves": plots.loss_curves(self.rows)})
+
+    def _save(self, pictures: dict[str, np.ndarray]) -> None:
         for name, picture in pictures.items():
             atomic.save_with(self.outputs[name], lambda temporary, p=picture: Image.fromarray(p).save(temporary, format="PNG"))
 
@@ -121,6 +133,7 @@ def run(params: Params) -> None:
         callbacks = StageCallbacks(tracking.MlflowCallbacks(), outputs, params.data.image_size, params.train.resume)
         result = train(train_images, val_images, params.train, params.data.image_size, params.seed,
                        outputs["checkpoint"], callbacks)
+        callbacks.finish()
         decoder, encoder, config = load_generator(outputs["checkpoint"])
         name = params.train.registered_model_name
         generator_uri = tracking.log_torch_model(decoder, "generator", np.zeros((2, config.latent_dim), np.float32), name)
