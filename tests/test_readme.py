@@ -127,6 +127,7 @@ def _wait_for(url: str, seconds: float) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # a dozen pipeline runs on tiny data: about 10 minutes on 2 cores
 def test_every_readme_command_runs_as_written(tmp_path):
     commands = readme_commands(README.read_text(encoding="utf-8"))
     assert len(commands) >= 15
