@@ -108,6 +108,7 @@ def _one_line(err):
 
 # --- the champion alias after evaluate ----------------------------------------------------
 
+@pytest.mark.slow
 def test_evaluate_names_the_champion_and_tags_versions(project, store):
     first, second = project["lines"]
     assert first == (f"evaluate: champion moved to {NAME} version 1: no champion yet (a small sample: its score is "
@@ -136,6 +137,7 @@ def test_evaluate_names_the_champion_and_tags_versions(project, store):
     assert str(store.get_model_version_by_alias(f"{NAME}-encoder", "champion").version) == expected
 
 
+@pytest.mark.slow
 def test_champion_moves_only_by_the_rule_on_a_real_store(project, store):
     """Re-judge run 2's version against a champion whose tags are edited in the real store."""
     from alphagan import tracking
@@ -191,10 +193,11 @@ def test_champion_moves_only_by_the_rule_on_a_real_store(project, store):
         store.set_registered_model_alias(f"{NAME}-encoder", "champion", original)
 
 
+@pytest.mark.slow
 def test_a_deleted_champion_is_replaced(project, store, tmp_path):
     """Deleting the champion's version drops the alias (MLflow does); the next evaluate names
-    the candidate. Run in a copy-free way: a third, throwaway version is registered from run
-    2's own model artifact and deleted again."""
+    the candidate. The deleted champion is a throwaway third version registered from run 2's
+    model artifact, crowned, then deleted."""
     from alphagan import tracking
     from alphagan.evaluation import VALIDATED_METRICS
 
@@ -216,6 +219,7 @@ def test_a_deleted_champion_is_replaced(project, store, tmp_path):
 
 # --- loading: eval mode, gradients off ------------------------------------------------------
 
+@pytest.mark.slow
 def test_library_loader_gives_an_inference_ready_module(project, store):
     from alphagan import tracking
     from alphagan.training import load_generator
@@ -240,6 +244,7 @@ def test_library_loader_gives_an_inference_ready_module(project, store):
     assert torch.allclose(encoder_model(images)[:, 0], encoder(images)[0], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_plain_mlflow_loader_has_gradients_off_but_no_eval(project, store):
     """Why the library loader exists: ``mlflow.pytorch.load_model`` of a pt2 model is a
     torch.export GraphModule whose ``.eval()`` raises. If torch ever fixes that, this
@@ -252,6 +257,7 @@ def test_plain_mlflow_loader_has_gradients_off_but_no_eval(project, store):
         plain.eval()
 
 
+@pytest.mark.slow
 def test_readme_snippet_runs_as_written(project, store):
     namespace: dict = {}
     exec(compile(README_SNIPPET, "README snippet", "exec"), namespace)  # noqa: S102 - our own text
@@ -289,6 +295,7 @@ def test_old_versions_logged_with_gradients_on_load_frozen_too(tmp_path):
 
 # --- the CLI against the project's store ---------------------------------------------------
 
+@pytest.mark.slow
 def test_sample_uses_the_champion_by_default(project, store, tmp_path, capsys):
     out = tmp_path / "faces.png"
     code, stdout, err = _cli(["sample", "--count", "4", "--seed", "3", "--out", str(out)], capsys)
@@ -301,6 +308,7 @@ def test_sample_uses_the_champion_by_default(project, store, tmp_path, capsys):
     assert code == 0 and np.array_equal(np.asarray(Image.open(tmp_path / "same.png")), champion)
 
 
+@pytest.mark.slow
 def test_no_champion_yet_is_one_line_saying_what_to_do(project, store, tmp_path, capsys):
     version = str(store.get_model_version_by_alias(NAME, "champion").version)
     store.delete_registered_model_alias(NAME, "champion")
@@ -312,6 +320,7 @@ def test_no_champion_yet_is_one_line_saying_what_to_do(project, store, tmp_path,
     assert not (tmp_path / "a.png").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("model", "expected"), [
     ("models:/nobody@champion", "Registered Model with name=nobody not found"),
     (f"models:/{NAME}/99", "not found"),
@@ -331,6 +340,7 @@ def test_no_store_here_is_one_line(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "mlruns").exists()  # nothing created by looking
 
 
+@pytest.mark.slow
 def test_interpolate_strip_starts_at_seed_a_and_ends_at_seed_b(project, store, tmp_path, capsys):
     strip_path, a_path, b_path = tmp_path / "strip.png", tmp_path / "a.png", tmp_path / "b.png"
     code, stdout, err = _cli(["interpolate", "--seed-a", "1", "--seed-b", "2", "--steps", "8", "--out", str(strip_path)], capsys)
@@ -356,6 +366,7 @@ def test_slerp_stays_on_the_shell():
     assert torch.allclose(same, a.expand(3, -1))
 
 
+@pytest.mark.slow
 def test_reconstruct_files_and_folders(project, store, tmp_path, capsys):
     raw = project["root"] / "data/raw"
     folder = raw / "adventurer"
@@ -381,6 +392,7 @@ def test_reconstruct_files_and_folders(project, store, tmp_path, capsys):
     assert np.abs(np.asarray(Image.open(tmp_path / "c.png")).astype(int) - np.asarray(Image.open(tmp_path / "m.png"))).max() <= 1
 
 
+@pytest.mark.slow
 def test_reconstruct_bad_inputs_are_one_line(project, store, tmp_path, capsys):
     (tmp_path / "notes.png").write_text("not an image")
     (tmp_path / "empty").mkdir()
