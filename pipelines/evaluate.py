@@ -12,6 +12,7 @@ from alphagan import atomic
 from alphagan.config import Params
 from alphagan.errors import AlphaGanError
 from alphagan.evaluation import VALIDATED_METRICS, evaluate_model
+from alphagan.redaction import redact
 from alphagan.training import load_generator, select_device
 from pipelines._common import load_prepared, stage_main
 from pipelines.train import train_outputs
@@ -56,6 +57,24 @@ def run(params: Params) -> None:
           f"{'/'.join(f'{v:.1f}' for v in bands.values())}) (fd_random {numbers['eval/fd_random']:.3f}, floor {numbers['eval/fd_random_floor']:.3f}; "
           f"{numbers['eval/count']} images a side), memorisation ratio {numbers['eval/memorisation_ratio']:.2f}, "
           f"PSNR {numbers['eval/psnr']:.2f} dB; {note}")
+    print(champion_line(tracking, run_id, params.train.registered_model_name, numbers))
+
+
+def champion_line(tracking, run_id: str, name: str, numbers: dict) -> str:
+    """Tag the run's registered versions with the validated metrics, move ``@champion`` when
+    they beat it (rule: :mod:`alphagan.champion`), and say what happened in one line."""
+    from alphagan.champion import CHAMPION_ALIAS
+
+    try:
+        decision, version, held = tracking.update_champion(run_id, name, numbers, VALIDATED_METRICS)
+    except tracking.mlflow.exceptions.MlflowException as exc:  # e.g. a store without a model registry
+        return redact(f"evaluate: {CHAMPION_ALIAS} unchanged: the model registry refused: {str(exc).strip().splitlines()[0]}")
+    if decision is None:
+        return f"evaluate: {CHAMPION_ALIAS} unchanged: {version}"
+    if decision.move:
+        return f"evaluate: {CHAMPION_ALIAS} moved to {name} version {version}: {decision.reason}"
+    return f"evaluate: {CHAMPION_ALIAS} stays {name} version {held} (not version {version}): {decision.reason}" \
+        if held != version else f"evaluate: {CHAMPION_ALIAS} stays {name} version {held}: {decision.reason}"
 
 
 def main(argv=None) -> int:

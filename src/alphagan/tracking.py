@@ -7,6 +7,7 @@ Browse it with ``mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db``.
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import time
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from alphagan.errors import AlphaGanError
 from alphagan.redaction import redact, redact_mapping, redact_uri
 from alphagan.training import TrainingCallbacks
 
@@ -149,7 +151,7 @@ class MlflowCallbacks(TrainingCallbacks):
 def log_torch_model(module, name: str, input_example: np.ndarray, registered_model_name: str | None) -> str:
     """Log a module in MLflow's ``pt2`` format (torch.export: no pickled code); returns the model URI.
 
-    Loads back with ``mlflow.pytorch.load_model(uri)``. Give an example batch of at
+    Load it back with :func:`load_model` (eval mode, gradients off). Give an example batch of at
     least 2: torch.export fixes a dimension of size 1, and the model would take no other.
     """
     if input_example.shape[0] < 2:
@@ -157,9 +159,216 @@ def log_torch_model(module, name: str, input_example: np.ndarray, registered_mod
     import mlflow.pytorch
     import torch
 
+    # Logged with gradients off: what ``mlflow.pytorch.load_model`` returns then has them off too
+    # (a deep copy: the caller's module keeps its own flags). See load_model for the rest.
+    frozen = copy.deepcopy(module).eval().requires_grad_(False)
     info = mlflow.pytorch.log_model(
-        module.eval(), name=name, input_example=input_example, serialization_format="pt2",
+        frozen, name=name, input_example=input_example, serialization_format="pt2",
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
         registered_model_name=registered_model_name,
     )
     return info.model_uri
+
+
+# ---------------------------------------------------------------------------------------
+# Model registry: the champion alias, and loading a registered model for inference.
+
+
+class ModelNotFound(AlphaGanError):
+    """A model URI that names nothing in the store (or no store at all)."""
+
+
+def connect(root: str | Path = "mlruns") -> str:
+    """Point MLflow at the project's store for reading, without creating one; returns the URI.
+
+    With the default sqlite store, a missing ``mlflow.db`` is a :class:`ModelNotFound`
+    (MLflow would silently create an empty store wherever the command runs).
+    """
+    uri = tracking_uri(root)
+    if "MLFLOW_TRACKING_URI" not in os.environ and not (Path(root).resolve() / "mlflow.db").is_file():
+        raise ModelNotFound(f"no MLflow store at {Path(root).resolve() / 'mlflow.db'}: run the pipeline first "
+                            "(dvc repro, from the project directory) or set MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def _first_line(exc: BaseException) -> str:
+    return redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+
+
+def model_version(model_uri: str):
+    """The registry version a ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or
+    ``models:/NAME/latest`` URI names (a :class:`mlflow.entities.model_registry.ModelVersion`)."""
+    from alphagan.champion import CHAMPION_ALIAS
+
+    client = mlflow.MlflowClient()
+    rest = model_uri.removeprefix("models:/")
+    try:
+        if "@" in rest:
+            name, alias = rest.rsplit("@", 1)
+            return client.get_model_version_by_alias(name, alias)
+        name, _, version = rest.rpartition("/")
+        if not name:
+            raise ModelNotFound(f"{model_uri!r} names no registered version; use models:/NAME@ALIAS or models:/NAME/VERSION")
+        if version == "latest":
+            versions = client.search_model_versions(f"name='{name}'")
+            if not versions:
+                raise ModelNotFound(f"registered model {name!r} has no versions")
+            return max(versions, key=lambda v: int(v.version))
+        return client.get_model_version(name, version)
+    except mlflow.exceptions.MlflowException as exc:
+        if "@" in rest and "alias" in str(exc) and "not found" in str(exc):
+            name, alias = rest.rsplit("@", 1)
+            how = (" yet: run the pipeline (dvc repro) and its evaluate stage names the best version, "
+                   f"or choose one with --model models:/{name}/VERSION") if alias == CHAMPION_ALIAS else ""
+            raise ModelNotFound(f"registered model {name!r} has no {alias!r} version{how}") from None
+        raise ModelNotFound(f"{model_uri}: {_first_line(exc)}") from None
+
+
+def run_model_versions(name: str, run_id: str) -> list:
+    """The versions of registered model ``name`` logged by ``run_id``, newest first (train
+    registers one per run; a resumed run registers again)."""
+    client = mlflow.MlflowClient()
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except mlflow.exceptions.MlflowException:
+        return []
+    return sorted((v for v in versions if v.run_id == run_id), key=lambda v: -int(v.version))
+
+
+def encoder_uri_for(generator_uri: str) -> str:
+    """The encoder that was trained with ``generator_uri`` (same run), so a reconstruction
+    uses a matching pair: ``<name>-encoder`` version of the same run for ``models:/`` URIs,
+    ``runs:/ID/encoder`` for ``runs:/ID/generator``."""
+    if generator_uri.startswith("models:/"):
+        generator = model_version(generator_uri)
+        encoders = run_model_versions(f"{generator.name}-encoder", generator.run_id)
+        if not encoders:
+            raise ModelNotFound(f"no registered {generator.name}-encoder version from run {generator.run_id} "
+                                f"(the run of {generator_uri}); give --encoder")
+        return f"models:/{encoders[0].name}/{encoders[0].version}"
+    if generator_uri.startswith("runs:/") and generator_uri.rstrip("/").endswith("/generator"):
+        return generator_uri.rstrip("/").removesuffix("generator") + "encoder"
+    raise ModelNotFound(f"cannot tell which encoder was trained with {generator_uri}; give --encoder")
+
+
+def load_model(model_uri: str):
+    """A logged alpha-gan network, ready for inference: eval mode, gradients off.
+
+    Use this, not ``mlflow.pytorch.load_model``. The networks are logged in MLflow's
+    ``pt2`` format (:func:`log_torch_model`): a ``torch.export`` graph with no pickled
+    code. ``mlflow.pytorch.load_model`` returns ``ExportedProgram.module()``, a
+    ``GraphModule`` whose ``.train()``/``.eval()`` are replaced by stubs that raise
+    ``NotImplementedError("Calling eval() is not supported yet.")``
+    (torch/export/exported_program.py) and whose ``training`` flag reads True, because an
+    exported graph has its mode baked in: our batch-norm nodes were traced with
+    ``training=False``, so it already computes as in eval mode, yet code that calls
+    ``.eval()`` (everyone's habit) crashes, and its parameters kept ``requires_grad``.
+
+    Why a loader and not another log format: ``serialization_format="pickle"`` would give
+    a plain module whose ``.eval()`` works, but MLflow 3.17 refuses to unpickle it unless
+    ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION`` is set (pickles run code on load), and it
+    would tie every model to this package's classes. So models stay ``pt2`` (logged with
+    gradients already off, so the plain loader gets that much right too), and this
+    loader fixes the rest: it checks that the graph was exported in eval mode (no
+    training-mode batch norm), sets ``training`` False on every submodule, turns
+    gradients off, and makes ``.eval()`` work (``.train()`` refuses: a frozen export
+    cannot be fine-tuned; train from the checkpoint instead).
+    """
+    import mlflow.pytorch
+
+    try:
+        module = mlflow.pytorch.load_model(model_uri)
+    except mlflow.exceptions.MlflowException as exc:
+        if model_uri.startswith("models:/"):
+            model_version(model_uri)  # raises the plainer message (no such alias, version or model)
+        raise ModelNotFound(f"{model_uri}: {_first_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - a corrupt or foreign artifact
+        raise ModelNotFound(f"{model_uri} cannot be loaded: {type(exc).__name__}: {_first_line(exc)}") from None
+    return inference_ready(module, model_uri)
+
+
+def inference_ready(module, what: str = "the model"):
+    """``module`` in eval mode with gradients off; a ``torch.export`` module also gets
+    working ``.eval()``/``.train(False)`` (see :func:`load_model`)."""
+    import types
+
+    import torch
+    from torch import nn
+
+    if isinstance(module, torch.fx.GraphModule):  # what torch.export.load(...).module() gives
+        for node in module.graph.nodes:
+            if node.op == "call_function" and "batch_norm" in str(node.target) and _traced_in_training(node):
+                raise ModelNotFound(f"{what} was exported in training mode (batch statistics); log it after .eval()")
+
+        def train(self, mode: bool = True):
+            if mode:
+                raise NotImplementedError(f"{what} is a torch.export graph frozen in eval mode and cannot be trained; "
+                                          "fine-tune from the training checkpoint (models/checkpoint.pt)")
+            return nn.Module.train(self, False)
+
+        module.train = types.MethodType(train, module)
+        module.eval = types.MethodType(lambda self: self.train(False), module)
+        nn.Module.train(module, False)
+    else:
+        module.eval()
+    module.requires_grad_(False)
+    return module
+
+
+def _traced_in_training(node) -> bool:
+    """Whether a batch-norm node of an exported graph uses batch statistics (its ``training`` argument)."""
+    names = [argument.name for argument in getattr(node.target, "_schema").arguments]
+    if "training" in node.kwargs:
+        return bool(node.kwargs["training"])
+    if "training" in names and names.index("training") < len(node.args):
+        return bool(node.args[names.index("training")])
+    return False  # e.g. _native_batch_norm_legit_no_training
+
+
+def exported_input_shape(module) -> tuple[int, ...]:
+    """The per-example input shape of a loaded ``pt2`` model (its first input without the
+    batch dimension), e.g. ``(128,)`` for the generator, ``(3, 32, 32)`` for the encoder."""
+    for node in module.graph.nodes:
+        if node.op == "placeholder" and "val" in node.meta:
+            return tuple(int(d) for d in node.meta["val"].shape[1:])
+    raise ModelNotFound("the model's graph does not record its input shape")
+
+
+def update_champion(run_id: str, name: str, metrics: dict[str, float], validated: tuple[str, ...]):
+    """Tag the run's registered generator and encoder versions with its validated metrics
+    and move the ``champion`` alias to them when :func:`alphagan.champion.decide` says so.
+
+    Returns ``(decision, candidate version, champion version before or "")``;
+    ``(None, reason, "")`` when the run registered no version.
+    The encoder version of the same run follows the generator, so ``@champion`` is always
+    a matching pair.
+    """
+    from alphagan.champion import CHAMPION_ALIAS, DATA_TAG, decide, standing_from_tags, version_tags
+
+    client = mlflow.MlflowClient()
+    generators = run_model_versions(name, run_id)
+    if not generators:
+        return None, f"run {run_id} registered no version of {name!r}", ""
+    candidate = generators[0]
+    encoders = run_model_versions(f"{name}-encoder", run_id)
+    tags = version_tags(metrics, validated, client.get_run(run_id).data.tags.get(DATA_TAG, ""))
+    for version in [candidate, *encoders[:1]]:
+        for key, value in tags.items():
+            client.set_model_version_tag(version.name, version.version, key, value)
+    try:
+        held = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+        champion = standing_from_tags(str(held.version), held.tags, validated)
+    except mlflow.exceptions.MlflowException:  # none yet, or its version was deleted (the alias goes with it)
+        champion = None
+    decision = decide(standing_from_tags(str(candidate.version), tags, validated), champion, validated)
+    if decision.move or (champion is not None and champion.version == str(candidate.version)):
+        client.set_registered_model_alias(name, CHAMPION_ALIAS, candidate.version)
+        if encoders:
+            client.set_registered_model_alias(f"{name}-encoder", CHAMPION_ALIAS, encoders[0].version)
+        else:  # never leave @champion naming an encoder of another run
+            try:
+                client.delete_registered_model_alias(f"{name}-encoder", CHAMPION_ALIAS)
+            except mlflow.exceptions.MlflowException:
+                pass
+    return decision, str(candidate.version), champion.version if champion is not None else ""

@@ -232,14 +232,14 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def load_generator(path: Path, map_location: str | torch.device = "cpu") -> tuple[Decoder, Encoder, ModelConfig]:
-    """The EMA decoder and the encoder of a checkpoint, in eval mode."""
+    """The EMA decoder and the encoder of a checkpoint, in eval mode with gradients off (for inference)."""
     state = load_checkpoint(path, map_location)
     config = ModelConfig(**state["model_config"])
     decoder, encoder = Decoder(config), Encoder(config)
     ema_state = {k.removeprefix("module."): v for k, v in state["models"]["ema_decoder"].items() if k.startswith("module.")}
     decoder.load_state_dict(ema_state)
     encoder.load_state_dict(state["models"]["encoder"])
-    return decoder.eval(), encoder.eval(), config
+    return decoder.eval().requires_grad_(False), encoder.eval().requires_grad_(False), config
 
 
 def to_tensor(batch: np.ndarray, device: torch.device) -> torch.Tensor:
