@@ -336,8 +336,9 @@ def test_mlflow_ui_shows_faces_charts_and_artifacts(project, ui_server):
             page.screenshot(path=str(SCREENSHOTS / "3-model-metrics-loss-charts.png"))
             search.fill("lr_")
             page.get_by_text("lr_vae_log10", exact=True).first.wait_for(timeout=30_000)
-            ticks = page.locator(".js-plotly-plot .ytick text").all_text_contents()
-            assert any(tick.replace("−", "-").startswith("-3") for tick in ticks), ticks  # -3.3, not 0
+            # The axis reads -3.3 (log10 of 5e-4), not a flat 0.00 on a +-0.5 axis.
+            page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot .ytick text')]"
+                                   ".some(t => /^[-\u2212]3/.test(t.textContent))", timeout=30_000)
             search.fill("samples")
             card_image = page.locator("img[src*='get-artifact'][src*='samples_ema'][src*='step%2B0']")
             card_image.first.wait_for(state="attached", timeout=30_000)
