@@ -52,6 +52,15 @@ def run(params: Params) -> None:
     for name in pictures:
         tracking.log_artifact(reports / f"{name}.png", "evaluate", run_id=run_id)
     tracking.log_artifact(reports / "metrics.json", "evaluate", run_id=run_id)
+    # The run page opens on its description: the train stage's final grids, then these.
+    train_part = tracking.get_description(run_id).split("\n### Evaluation", 1)[0].rstrip()
+    evaluation = tracking.description(
+        run_id, "Evaluation", {"Val images over their reconstructions": "evaluate/reconstructions.png",
+                               "Closest training face to each sample": "evaluate/nearest_neighbours.png"},
+        [f"swd_ratio {numbers['eval/swd_ratio']:.3f} (real data: 1.0), memorisation ratio "
+         f"{numbers['eval/memorisation_ratio']:.2f}, PSNR {numbers['eval/psnr']:.2f} dB; {numbers['eval/count']} images a side."])
+    tracking.set_description(run_id, f"{train_part}\n\n{evaluation}" if train_part else evaluation)
+    tracking.link_dvc_experiments(trained["metrics"])
     bands = {k[9:]: v for k, v in numbers.items() if k.startswith("eval/swd_") and k[9:].isdigit()}
     print(f"evaluate: swd_ratio {numbers['eval/swd_ratio']:.3f} (real data: 1.0; bands {'/'.join(bands)} px: "
           f"{'/'.join(f'{v:.1f}' for v in bands.values())}) (fd_random {numbers['eval/fd_random']:.3f}, floor {numbers['eval/fd_random_floor']:.3f}; "

@@ -7,8 +7,8 @@ import hashlib
 import io
 import json
 import os
-import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,7 +20,8 @@ from alphagan import atomic, plots
 from alphagan.config import Params, flatten
 from alphagan.models import EncoderMoments
 from alphagan.redaction import redact_mapping
-from alphagan.training import TrainingCallbacks, check_resume, load_generator, select_device, train
+from alphagan.training import (TrainingCallbacks, VaeGan, check_resume, epoch_images, load_generator, model_config,
+                               select_device, to_tensor, train)
 from pipelines._common import load_prepared, stage_main
 
 
@@ -67,6 +68,7 @@ class StageCallbacks(TrainingCallbacks):
         # The first row of each epoch's grid (a resumed run starts its strip at the resume).
         self.snapshots: list[tuple[int, np.ndarray]] = []
         self.chart_drawn = -float("inf")
+        self.last_images: dict[str, np.ndarray] = {}
 
     def on_resume(self, step: int) -> None:
         self.forward.on_resume(step)
@@ -83,6 +85,7 @@ class StageCallbacks(TrainingCallbacks):
 
     def on_images(self, step: int, epoch: int, images: dict[str, np.ndarray]) -> None:
         self.forward.on_images(step, epoch, images)
+        self.last_images = images
         grid = images["samples_ema"]
         self.snapshots.append((epoch + 1, grid[: self.image_size + 4]))  # to_grid pads 2 px around each face
         pictures = {"samples": grid, "samples_through_training": plots.samples_through_training(self.snapshots)}
@@ -102,6 +105,28 @@ class StageCallbacks(TrainingCallbacks):
             atomic.save_with(self.outputs[name], lambda temporary, p=picture: Image.fromarray(p).save(temporary, format="PNG"))
 
 
+def initial_images(params: Params, train_images: np.ndarray, val_images: np.ndarray, device: torch.device) -> dict[str, np.ndarray]:
+    """The epoch pictures of the model as ``train`` builds it, before its first step.
+
+    The same set-up as :func:`alphagan.training.train` (seed, then build; the fixed latent
+    batch from its own seeded generator; the first 16 val faces), so the step-0 grids are
+    those of the run's own starting point. ``train`` seeds again itself: nothing here
+    changes what it computes.
+    """
+    torch.manual_seed(params.seed)
+    config = model_config(params.train, params.data.image_size)
+    model = VaeGan.build(config, params.train, device)
+    fixed_latent = torch.randn(params.train.grid_size, config.latent_dim,
+                               generator=torch.Generator().manual_seed(params.seed)).to(device)
+    shown = val_images if len(val_images) else train_images
+    return epoch_images(model, fixed_latent, to_tensor(shown[: min(16, len(shown))], device))
+
+
+def device_name(device: torch.device) -> str:
+    """What the ``device`` tag claims: ``cpu``, or the CUDA card's name."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
 def run(params: Params) -> None:
     from alphagan import tracking  # mlflow loads only in the stages that log
 
@@ -115,13 +140,17 @@ def run(params: Params) -> None:
     previous_run = None
     if params.train.resume and outputs["run"].exists():
         previous_run = json.loads(outputs["run"].read_text())["run_id"]
+    # What DVC itself writes during a run is not "dirty code": dvc.lock, the params file
+    # (`dvc exp run -S` edits it; the values are the run's params) and the outputs.
+    managed = ["dvc.lock", "params.yaml", *(getattr(params.paths, name) for name in type(params.paths).model_fields)]
     tags = {
-        **tracking.git_state(), "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        **tracking.git_state(managed=managed), "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
         "data_sha256": file_digest(prepared / "train.npy", prepared / "val.npy"),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine()),
-        "torch_version": torch.__version__, "data_source": params.data.source,
+        "device": device_name(device), "torch_version": torch.__version__, "data_source": params.data.source,
     }
     experiment_id = tracking.use_experiment(params.train.experiment_name)
+    tracking.link_dvc_experiments(outputs["metrics"])  # earlier experiments, committed by DVC since
     run_name = os.environ.get("DVC_EXP_NAME") or None
     with tracking.start_run(experiment_id, run_name, tags, resume_run_id=previous_run) as active:
         run_id = active.info.run_id
@@ -130,6 +159,7 @@ def run(params: Params) -> None:
                                                       "tracking_uri": tracking.display_uri()}, indent=2))
         if previous_run != run_id:
             tracking.log_params(flatten(params.as_dict()))
+            tracking.log_images(initial_images(params, train_images, val_images, device), step=0)
         callbacks = StageCallbacks(tracking.MlflowCallbacks(), outputs, params.data.image_size, params.train.resume)
         result = train(train_images, val_images, params.train, params.data.image_size, params.seed,
                        outputs["checkpoint"], callbacks)
@@ -139,6 +169,23 @@ def run(params: Params) -> None:
         generator_uri = tracking.log_torch_model(decoder, "generator", np.zeros((2, config.latent_dim), np.float32), name)
         encoder_uri = tracking.log_torch_model(
             EncoderMoments(encoder), "encoder", np.zeros((2, 3, config.image_size, config.image_size), np.float32), f"{name}-encoder")
+        final = {"samples_ema": "train/samples_ema.png", "reconstructions": "train/reconstructions.png"}
+        with tempfile.TemporaryDirectory() as scratch:
+            for key, path in final.items():
+                if key in callbacks.last_images:
+                    Image.fromarray(callbacks.last_images[key]).save(Path(scratch) / Path(path).name)
+                    tracking.log_artifact(Path(scratch) / Path(path).name, "train")
+        for key in ("samples_through_training", "loss_curves"):  # DVC's pictures, in the run too
+            if outputs[key].exists():
+                tracking.log_artifact(outputs[key], "train")
+        tracking.set_description(run_id, tracking.description(
+            run_id, f"Step {result.step} (epoch {result.epoch}) on {device_name(device)}",
+            {"Samples (EMA generator, fixed latents)": final["samples_ema"],
+             "Reconstructions (validation face, reconstruction)": final["reconstructions"],
+             "The same latents through training": "train/samples_through_training.png",
+             "Losses": "train/losses.png"},
+            ["Every epoch's grids: Model metrics (cards open at step 0, the untrained model; "
+             "drag the slider in full screen) and Artifacts > images."]))
         validate_reports = Path(params.paths.reports) / "validate"
         for report in ("summary.json", "data_docs"):
             if (validate_reports / report).exists():

@@ -2,15 +2,25 @@
 
 Store: ``sqlite:///<root>/mlflow.db`` with artifacts under ``<root>/artifacts`` (root is
 ``mlruns/`` in the repo), unless ``MLFLOW_TRACKING_URI`` points at a team server.
-Browse it with ``mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db``.
+Browse it from the project root with ``mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db``.
+
+Portable: MLflow records every artifact location as an absolute path, so a copied or moved
+project would point at the old place. :func:`use_experiment` rewrites the store's locations
+relative to the working directory (``mlruns/artifacts/<run>/artifacts``), which is the
+project root for every stage and for ``make ui``; MLflow resolves them there on each read.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import math
 import os
+import sqlite3
 import subprocess
 import time
+import urllib.parse
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +41,19 @@ from mlflow.entities import Metric  # noqa: E402
 _PARAM_BATCH = 100
 
 
+# mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI itself (MLflow 3): the URIs this module
+# set are the project's store, not a user's choice of server.
+_OWN_URIS: set[str] = set()
+
+
+def _user_tracking_uri() -> str | None:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return None if uri in _OWN_URIS else uri
+
+
 def tracking_uri(root: str | Path = "mlruns") -> str:
     """``MLFLOW_TRACKING_URI`` if set, else the project's sqlite store under ``root``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+    return _user_tracking_uri() or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
 
 
 def display_uri(root: str | Path = "mlruns") -> str:
@@ -42,28 +62,160 @@ def display_uri(root: str | Path = "mlruns") -> str:
 
 
 def use_experiment(name: str, root: str | Path = "mlruns") -> str:
-    """Point MLflow at the store and return the experiment id, creating it (artifacts under root)."""
-    mlflow.set_tracking_uri(tracking_uri(root))
+    """Point MLflow at the store and return the experiment id, creating it (artifacts under root).
+
+    The project's own store is made portable first (see :func:`make_store_portable`), so
+    every run and model logged after this records a relative artifact location.
+    """
+    # Once, the check came after set_tracking_uri (which exports the variable): the project's
+    # store looked like a team server's, and its experiment got MLflow's default location
+    # (mlruns/<id>, absolute) instead of mlruns/artifacts.
+    local = _user_tracking_uri() is None
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    if local:
+        _OWN_URIS.add(uri)
     experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    artifact_location = None
-    if "MLFLOW_TRACKING_URI" not in os.environ:
-        artifact_location = (Path(root).resolve() / "artifacts").as_uri()
-    return mlflow.create_experiment(name, artifact_location=artifact_location)
+    if experiment is None:
+        artifact_location = (Path(root).resolve() / "artifacts").as_uri() if local else None
+        experiment_id = mlflow.create_experiment(name, artifact_location=artifact_location)
+    else:
+        experiment_id = experiment.experiment_id
+    if local:
+        make_store_portable(root)
+    return experiment_id
 
 
-def git_state(cwd: str | Path = ".") -> dict[str, str]:
-    """The commit and whether the work tree has uncommitted changes ('unknown' outside git)."""
-    def git(*args: str) -> str | None:
-        try:
-            return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
+# Every column where MLflow's sqlite store keeps a local artifact location.
+_LOCATION_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                     ("logged_models", "artifact_location"), ("model_versions", "storage_location"))
+
+
+def _portable_location(value: str, root: Path, base: Path) -> str | None:
+    """``value`` relative to ``base`` when it is a local path inside the store ``root``
+    (also one recorded under an old place of a moved store); None to leave it as it is."""
+    if value.startswith("file:"):
+        path = Path(urllib.parse.unquote(urllib.parse.urlsplit(value).path))
+    elif value.startswith("/"):
+        path = Path(value)
+    else:
+        return None  # already relative, or a remote URI (s3://, mlflow-artifacts:/, models:/)
+    try:
+        inside = path.relative_to(root)
+    except ValueError:
+        # Recorded before a move (or a copy): gone from there, so the part after the store's
+        # directory name is where it is now. A location that still exists is left alone.
+        parts = path.parts
+        if root.name not in parts or path.exists():
             return None
+        tail = parts[len(parts) - parts[::-1].index(root.name):]
+        if not tail:
+            return None
+        inside = Path(*tail)
+    return os.path.relpath(root / inside, base)
 
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"git_commit": commit or "unknown", "git_dirty": "unknown" if status is None else str(bool(status)).lower()}
+
+def make_store_portable(root: str | Path = "mlruns", base: str | Path | None = None) -> int:
+    """Rewrite the sqlite store's artifact locations relative to ``base`` (default: the cwd).
+
+    Only when ``root`` lies inside ``base``: a location that would need ``..`` stays
+    absolute. Returns how many rows changed. Safe to run on every open (a no-op once done).
+    """
+    root = Path(root).resolve()
+    base = Path(base or Path.cwd()).resolve()
+    database = root / "mlflow.db"
+    if not database.exists() or not root.is_relative_to(base):
+        return 0
+    changed = 0
+    with sqlite3.connect(database, timeout=30) as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        for table, column in _LOCATION_COLUMNS:
+            if table not in tables:
+                continue
+            rows = connection.execute(f"SELECT rowid, {column} FROM {table} WHERE {column} LIKE '/%' OR {column} LIKE 'file:%'").fetchall()
+            for rowid, value in rows:
+                new = _portable_location(value, root, base)
+                if new is not None and new != value:
+                    connection.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", (new, rowid))
+                    changed += 1
+    return changed
+
+
+def _git(cwd: str | Path, *args: str) -> str | None:
+    try:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def git_state(cwd: str | Path = ".", managed: Iterable[str | Path] = ()) -> dict[str, str]:
+    """Git tags that say what they claim ('unknown' outside git).
+
+    ``git_commit``: the commit checked out when the run started. During ``dvc exp run`` that
+    is the experiment's baseline (also in ``dvc_exp_baseline_rev``): DVC commits the
+    experiment only after its last stage; :func:`link_dvc_experiments` adds
+    ``dvc_exp_commit`` to the run once that commit exists.
+    ``git_dirty``: uncommitted changes to tracked files other than ``managed`` ones (what DVC
+    itself writes during a run: dvc.lock, the params file it edits for ``-S``, the outputs),
+    listed in ``git_changed_files``.
+    """
+    commit = _git(cwd, "rev-parse", "HEAD")
+    top = _git(cwd, "rev-parse", "--show-toplevel")
+    status = _git(cwd, "status", "--porcelain", "-z", "--untracked-files=no")
+    tags = {"git_commit": commit.strip() if commit else "unknown", "git_dirty": "unknown"}
+    if status is None or top is None:
+        return tags
+    top_path = Path(top.strip()).resolve()
+    prefixes = []
+    for path in managed:
+        full = (Path(cwd) / path).resolve()
+        if full.is_relative_to(top_path):
+            prefixes.append(full.relative_to(top_path).as_posix())
+    entries, changed = status.split("\0"), []
+    index = 0
+    while index < len(entries):
+        entry = entries[index]
+        index += 1
+        if len(entry) < 4:
+            continue
+        if entry[0] in "RC":
+            index += 1  # a rename's origin follows it
+        changed.append(entry[3:])
+    own = [p for p in changed if not any(p == m or p.startswith(m.rstrip("/") + "/") for m in prefixes)]
+    tags["git_dirty"] = str(bool(own)).lower()
+    if own:
+        tags["git_changed_files"] = ", ".join(own[:20]) + (f" (+{len(own) - 20} more)" if len(own) > 20 else "")
+    return tags
+
+
+def link_dvc_experiments(metrics_json: str | Path, cwd: str | Path = ".") -> dict[str, str]:
+    """Tag runs with the commit of the DVC experiment that made them (``dvc_exp_commit``).
+
+    An experiment's commit (``refs/exps/...``) holds the train stage's metrics.json, which
+    names its MLflow run: that, not the experiment's name (names can be reused), is the
+    link. Runs already tagged are left alone. Needs an active tracking URI; returns
+    {run_id: commit} for the runs tagged now.
+    """
+    top = _git(cwd, "rev-parse", "--show-toplevel")
+    refs = _git(cwd, "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps")
+    if not top or not refs:
+        return {}
+    relative = os.path.relpath(Path(metrics_json).resolve(), Path(top.strip()).resolve())
+    client = mlflow.MlflowClient()
+    linked = {}
+    for line in refs.splitlines():
+        commit, _, ref = line.partition(" ")
+        shown = _git(cwd, "show", f"{commit}:{relative}")
+        try:
+            run_id = json.loads(shown or "")["run_id"]
+            run = client.get_run(run_id)
+        except (ValueError, KeyError, TypeError, mlflow.exceptions.MlflowException):
+            continue
+        if "dvc_exp_commit" not in run.data.tags:
+            client.set_tag(run_id, "dvc_exp_commit", commit)
+            client.set_tag(run_id, "dvc_exp_ref", ref)
+            linked[run_id] = commit
+    return linked
 
 
 def start_run(experiment_id: str, run_name: str | None, tags: dict[str, str], resume_run_id: str | None = None):
@@ -120,6 +272,18 @@ def last_logged_step(run_id: str, prefix: str = "train/") -> int:
     return max(steps, default=-1)
 
 
+def readable_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """Learning rates (``.../lr_*``) as ``.../lr_*_log10``: the UI's charts and their hover
+    (two decimals) show 0.0005 as a flat 0.00; -3.30 reads, and 2e-4 (-3.70) differs from it."""
+    readable = {}
+    for name, value in metrics.items():
+        if name.rpartition("/")[2].startswith("lr_") and value > 0:
+            readable[f"{name}_log10"] = math.log10(value)
+        else:
+            readable[name] = value
+    return readable
+
+
 class MlflowCallbacks(TrainingCallbacks):
     """Training numbers and epoch pictures into the active MLflow run.
 
@@ -138,14 +302,45 @@ class MlflowCallbacks(TrainingCallbacks):
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         if step <= self.skip_through:
             return
-        mlflow.log_metrics(metrics, step=step)
+        mlflow.log_metrics(readable_metrics(metrics), step=step)
 
     def on_images(self, step: int, epoch: int, images: dict[str, np.ndarray]) -> None:
         if step <= self.skip_through:
             return
-        for key, image in images.items():
-            # key + step: the UI shows each series as one card with a step slider.
-            mlflow.log_image(image, key=key, step=step)
+        log_images(images, step)
+
+
+def log_images(images: dict[str, np.ndarray], step: int) -> None:
+    """One image per key at ``step``: the UI shows each key as a card with a step slider.
+
+    The card opens at step 0 (MLflow 3.17 has no "latest" default), so the train stage logs
+    the untrained model's grids at step 0: every card shows a picture on opening.
+    """
+    for key, image in images.items():
+        mlflow.log_image(image, key=key, step=step, synchronous=True)
+
+
+def artifact_url(run_id: str, path: str) -> str:
+    """The UI server's URL of a run artifact, relative to the UI page (works behind a path prefix too)."""
+    return "get-artifact?" + urllib.parse.urlencode({"path": path, "run_uuid": run_id})
+
+
+def set_description(run_id: str, markdown: str) -> None:
+    """The run's description: the markdown the run page's Overview shows first."""
+    mlflow.MlflowClient().set_tag(run_id, "mlflow.note.content", markdown)
+
+
+def description(run_id: str, title: str, pictures: dict[str, str], lines: Iterable[str] = ()) -> str:
+    """Markdown: ``title``, then each picture (caption -> artifact path) embedded, then ``lines``."""
+    parts = [f"### {title}", ""]
+    for caption, path in pictures.items():
+        parts += [f"**{caption}** (`{path}`)", "", f"![{caption}]({artifact_url(run_id, path)})", ""]
+    parts += list(lines)
+    return "\n".join(parts).strip() + "\n"
+
+
+def get_description(run_id: str) -> str:
+    return mlflow.MlflowClient().get_run(run_id).data.tags.get("mlflow.note.content", "")
 
 
 def log_torch_model(module, name: str, input_example: np.ndarray, registered_model_name: str | None) -> str:
