@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,26 @@ TINY = {
     "prepare": {"val_fraction": 0.25, "workers": 1},
     "train": {"feature_layer": 1},  # 16 px: the discriminator has 2 blocks
 }
+
+
+_SESSION_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
+def _restore_tracking_uri() -> None:
+    if _SESSION_TRACKING_URI is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = _SESSION_TRACKING_URI
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking_uri_leaks():
+    """MLflow 3's ``set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI`` in os.environ; left
+    there (by a test or a module fixture), every later subprocess (a stage, `dvc repro`)
+    would log into that test's store. Each test starts and ends with the session's value."""
+    _restore_tracking_uri()
+    yield
+    _restore_tracking_uri()
 
 
 def deep_update(base: dict, override: dict) -> dict:

@@ -147,7 +147,8 @@ def test_run_tags_metrics_and_description(project, monkeypatch):
         assert {int(p.split("+step+")[1].split("+")[0]) for p in images if p.startswith(f"images/{key}+")} == {0, 4, 8}
     description = tags["mlflow.note.content"]
     assert f"get-artifact?path=train%2Fsamples_ema.png&run_uuid={run.info.run_id}" in description
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "train")} == {"train/samples_ema.png", "train/reconstructions.png"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "train")} == {"train/samples_ema.png", "train/reconstructions.png",
+                                                                                    "train/samples_through_training.png", "train/losses.png"}
 
 
 def test_initial_images_are_the_untrained_model_of_the_run(project, tmp_path, monkeypatch):
