@@ -19,6 +19,7 @@ from PIL import Image
 from alphagan import cli
 from pipelines import evaluate, fetch, prepare, train, validate
 from tests.conftest import TINY, deep_update
+from tests.test_cli import _one_line
 from tests.test_training import TINY_TRAIN
 
 NAME = "alpha-gan-generator"  # the default registered name, so the CLI's default --model finds it
@@ -96,14 +97,6 @@ def _cli(argv, capsys):
         code = exc.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-def _one_line(err):
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("alphagan: error: ")
-    return lines[0]
 
 
 # --- the champion alias after evaluate ----------------------------------------------------
