@@ -17,7 +17,9 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from alphagan.evaluation import RandomFeatures, extract, find_inception_weights, frechet_distance
+from alphagan.evaluation import find_inception_weights
+from alphagan.metrics.distances import frechet_distance
+from alphagan.metrics.features import RandomFeatures, extract
 
 
 def inception_for_speed():

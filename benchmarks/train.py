@@ -84,6 +84,7 @@ def dcgan_stepper(size, batch, width, device, autocast):
 
 
 def vaegan_stepper(size, batch, width, device, autocast):
+    # Unset params take config.py's defaults, which are params.yaml's (tests/test_config.py checks).
     params = parse_params({"data": {"image_size": size}, "train": {"base_channels": width, "max_channels": width * 8,
                                                                      "batch_size": batch, "device": device.type}}).train
     model = VaeGan.build(model_config(params, size), params, device)

@@ -56,3 +56,17 @@ def test_stage_stops_before_work_on_bad_params(tmp_path, capsys):
 
 def test_flatten_joins_lists():
     assert flatten({"a": {"b": 1, "c": [1, 2]}}) == {"a.b": 1, "a.c": "1,2"}
+
+
+def test_code_defaults_are_params_yaml():
+    """One source of defaults: a param left out of a params file (tests, benchmarks, a user's
+    partial file) means what params.yaml says. Edit both together, or this fails naming the keys."""
+    from alphagan.config import Params, flatten, load_params
+
+    from tests.conftest import REPO_ROOT
+
+    in_code = flatten(Params().as_dict())
+    in_yaml = flatten(load_params(REPO_ROOT / "params.yaml").as_dict())
+    drift = {key: (in_code.get(key), in_yaml.get(key)) for key in in_code.keys() | in_yaml.keys()
+             if in_code.get(key) != in_yaml.get(key)}
+    assert not drift, f"config.py default vs params.yaml: {drift}"

@@ -31,8 +31,8 @@ class _Section(BaseModel):
 
 
 class DicebearParams(_Section):
-    count: int = Field(2000, ge=1, le=1_000_000)
-    styles: tuple[str, ...] = Field(("adventurer", "lorelei", "notionists"), min_length=1)
+    count: int = Field(3000, ge=1, le=1_000_000)
+    styles: tuple[str, ...] = Field(("adventurer", "lorelei", "notionists", "micah", "big-smile", "open-peeps"), min_length=1)
 
     @model_validator(mode="after")
     def _known_styles(self) -> DicebearParams:
@@ -55,7 +55,7 @@ class FolderParams(_Section):
 
 class DataParams(_Section):
     source: Literal["dicebear", "kaggle", "folder"] = "dicebear"
-    image_size: Literal[16, 32, 64, 128, 256] = 64
+    image_size: Literal[16, 32, 64, 128, 256] = 32
     dicebear: DicebearParams = DicebearParams()
     kaggle: KaggleParams = KaggleParams()
     folder: FolderParams = FolderParams()
@@ -109,7 +109,7 @@ class PrepareParams(_Section):
 
 class TrainParams(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(110, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(5e-4, gt=0, le=1)
     lr_discriminator: float = Field(5e-4, gt=0, le=1)
@@ -123,13 +123,13 @@ class TrainParams(_Section):
     gradient_routing: Literal["larsen", "shared"] = "shared"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     spectral_norm: bool = True
-    kl_weight: float = Field(8.0, ge=0)
+    kl_weight: float = Field(32.0, ge=0)
     kl_warmup_steps: int = Field(500, ge=0)
-    feature_weight: float = Field(10.0, ge=0)
-    feature_layer: int = Field(3, ge=1)
+    feature_weight: float = Field(100.0, ge=0)
+    feature_layer: int = Field(1, ge=1)
     pixel_weight: float = Field(1.0, ge=0)
-    adversarial_weight: float = Field(0.02, ge=0)
-    ema_decay: float = Field(0.995, ge=0, lt=1)
+    adversarial_weight: float = Field(0.2, ge=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
     diffaugment: tuple[Literal["color", "translation", "cutout"], ...] = ()
     log_every: int = Field(25, ge=1)
     checkpoint_every: int = Field(500, ge=1)
