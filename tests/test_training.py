@@ -250,3 +250,45 @@ def test_dcgan_anchor_is_the_examples_recipe_and_trains():
     assert steps == 3 and model.optimizer_g.param_groups[0]["lr"] == 2e-4
     again, _, _ = train_dcgan(data, config, seed=0, device=torch.device("cpu"), batch_size=8, max_steps=3)
     assert all(torch.equal(a, b) for a, b in zip(model.generator.state_dict().values(), again.generator.state_dict().values()))
+
+
+def test_the_gpu_precision_path_runs_on_the_cpu(tmp_path, images, monkeypatch):
+    """The bf16 autocast branch that CUDA takes by default, exercised on the CPU: the same
+    ``autocast_for`` factory, channels_last inputs and the memory accounting, end to end."""
+    from alphagan import training
+
+    seen: dict[str, torch.dtype] = {}
+    original_step = training.train_step
+
+    def watched_step(model, real, params, step, autocast):
+        assert real.is_contiguous(memory_format=torch.channels_last)
+        def record(module, inputs, output) -> None:  # a hook that returned a value would replace the output
+            seen.setdefault("discriminator", (output[0] if isinstance(output, tuple) else output).dtype)
+
+        hook = model.discriminator.register_forward_hook(record)
+        try:
+            return original_step(model, real, params, step, autocast)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(training, "train_step", watched_step)
+    result = train(*images, tiny_params(max_steps=3, precision="bf16").train, 16, 0, tmp_path / "c.pt")
+    assert seen["discriminator"] == torch.bfloat16  # autocast really ran the networks in bf16
+    assert result.step == 3 and all(np.isfinite(v) for v in result.final_losses.values())
+    assert result.peak_memory_bytes > 0
+    state = load_checkpoint(tmp_path / "c.pt")
+    assert all(t.dtype == torch.float32 for t in state["models"]["decoder"].values() if t.is_floating_point())
+
+
+def test_cuda_defaults_to_bf16_and_the_cpu_to_fp32():
+    import warnings
+
+    from alphagan.training import autocast_for
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns that CUDA is absent and disables it
+        on_cuda = autocast_for(torch.device("cuda"), "auto")()
+    assert on_cuda.device == "cuda" and on_cuda.fast_dtype == torch.bfloat16
+    assert autocast_for(torch.device("cpu"), "auto")()._enabled is False
+    assert autocast_for(torch.device("cpu"), "bf16")()._enabled is True
+    assert autocast_for(torch.device("cpu"), "fp32")()._enabled is False
