@@ -17,6 +17,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from alphagan.benchmarking import UNSTABLE, Rounds, interleaved, machine_line, ratio
 from alphagan.evaluation import find_inception_weights
 from alphagan.metrics.distances import frechet_distance
 from alphagan.metrics.features import RandomFeatures, extract
@@ -50,40 +51,56 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--dim", type=int, default=2048)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (>= 2 for a ratio)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     images = np.random.default_rng(0).integers(0, 256, (args.images, args.size, args.size, 3), dtype=np.uint8)
-    rows = []
+    print(machine_line())
     inception, label = inception_for_speed()
-    for name, model, count in (("random conv net (512-d)", RandomFeatures(), args.images),
-                               (label, inception, max(10, args.images // 10))):
+    backbones = {"random conv net (512-d)": (RandomFeatures(), args.images), label: (inception, max(10, args.images // 10))}
+    for model, _ in backbones.values():
         extract(model, images[:4], 4, device)  # warm-up
-        seconds, _ = timed(lambda: extract(model, images[:count], 50, device))
-        rows.append((name, count, count / seconds))
-    print(f"\nFeature extraction, {args.size} px inputs, {device}:\n")
-    print(f"| {'backbone':<42} | {'images':>6} | {'images/s':>9} |")
-    print(f"|{'-' * 44}|{'-' * 8}|{'-' * 11}|")
-    for name, count, speed in rows:
-        print(f"| {name:<42} | {count:>6} | {speed:9.1f} |")
+
+    def extraction(model, count):
+        return lambda: count / timed(lambda: extract(model, images[:count], 50, device))[0]
+
+    speeds = interleaved({name: extraction(model, count) for name, (model, count) in backbones.items()}, args.rounds)
+    print(f"\nFeature extraction, {args.size} px inputs, {device}; {args.rounds} interleaved rounds:\n")
+    print(f"| {'backbone':<42} | {'images':>6} | {'images/s min / median / max (spread)':>38} |")
+    print(f"|{'-' * 44}|{'-' * 8}|{'-' * 40}|")
+    for name, rounds in speeds.items():
+        print(f"| {name:<42} | {backbones[name][1]:>6} | {rounds.summary(1):>38} |")
 
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=(args.dim, args.dim + 256)), rng.normal(size=(args.dim, args.dim + 256))
     s1, s2 = a @ a.T / args.dim, b @ b.T / args.dim
     mu1, mu2 = rng.normal(size=args.dim), rng.normal(size=args.dim)
-    ours_s, ours = timed(lambda: frechet_distance(mu1, s1, mu2, s2))
 
     def reference():
         covmean = scipy.linalg.sqrtm(s1 @ s2)
         return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean.real))
 
-    ref_s, ref = timed(reference)
-    print(f"\nFréchet distance at {args.dim}-d ({torch.get_num_threads()} threads):\n")
-    print(f"| {'implementation':<34} | {'seconds':>8} | {'value':>14} |")
-    print(f"|{'-' * 36}|{'-' * 10}|{'-' * 16}|")
-    print(f"| {'alphagan (two symmetric eigh)':<34} | {ours_s:8.2f} | {ours:14.6f} |")
-    print(f"| {'scipy.linalg.sqrtm reference':<34} | {ref_s:8.2f} | {ref:14.6f} |")
-    print(f"\nrelative difference {abs(ours - ref) / abs(ref):.2e}; speed-up {ref_s / ours_s:.1f}x")
+    values: dict[str, float] = {}
 
+    def per_second(name, fn):  # rates (calls per second), so higher is better like every other table
+        def run() -> float:
+            seconds, values[name] = timed(fn)
+            return 1.0 / seconds
+        return run
+
+    implementations = {"alphagan (two symmetric eigh)": lambda: frechet_distance(mu1, s1, mu2, s2),
+                       "scipy.linalg.sqrtm reference": reference}
+    fd = interleaved({name: per_second(name, fn) for name, fn in implementations.items()}, args.rounds)
+    print(f"\nFréchet distance at {args.dim}-d ({torch.get_num_threads()} threads); {args.rounds} interleaved rounds:\n")
+    print(f"| {'implementation':<34} | {'seconds min / median / max (spread)':>38} | {'value':>14} |")
+    print(f"|{'-' * 36}|{'-' * 40}|{'-' * 16}|")
+    for name, rounds in fd.items():
+        seconds = Rounds(name, tuple(1 / v for v in rounds.values))
+        print(f"| {name:<34} | {seconds.summary(2):>38} | {values[name]:14.6f} |")
+    ours, ref = values["alphagan (two symmetric eigh)"], values["scipy.linalg.sqrtm reference"]
+    print(f"\nrelative difference {abs(ours - ref) / abs(ref):.2e}")
+    speedup = ratio(fd["alphagan (two symmetric eigh)"], fd["scipy.linalg.sqrtm reference"])
+    print(f"speed-up over scipy: {UNSTABLE if speedup is None else f'{speedup:.1f}x'}")
 
 if __name__ == "__main__":
     main()

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from alphagan.benchmarking import interleaved, machine_line, ratio, result_of, verdict
 from alphagan.config import PrepareParams, ValidateParams
 from alphagan.preprocess import prepare_dataset
 from alphagan.validation import validate_images
@@ -70,7 +71,7 @@ def timed_in_fresh_process(step: str, tmp: Path, size: int) -> float:
     queue = context.Queue()
     process = context.Process(target=_run_step, args=(step, str(tmp), size, queue))
     process.start()
-    seconds = queue.get()
+    seconds = result_of(process, queue, step)
     process.join()
     return seconds
 
@@ -79,6 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=5000)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per program (>= 2 for a ratio)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -96,19 +98,26 @@ def main() -> None:
                 with Image.open(path) as image:
                     image.load()
 
-        rows = [("plain loop (1 process)", timed(plain_loop)), ("decode only (1 process)", timed(decode_only))]
-        rows.append(("validate (scan + GX suite)", timed_in_fresh_process("validate", tmp, args.size)))
-        rows.append(("prepare (alphagan)", timed_in_fresh_process("prepare", tmp, args.size)))
-    plain = rows[0][1]
-    print(f"\n{args.count} JPEGs of 90-130 px -> {args.size} px on {os.cpu_count()} cores\n")
-    print(f"| {'step':<28} | {'seconds':>8} | {'images/s':>9} | {'vs plain loop':>13} |")
-    print(f"|{'-' * 30}|{'-' * 10}|{'-' * 11}|{'-' * 15}|")
-    for name, seconds in rows:
-        print(f"| {name:<28} | {seconds:8.2f} | {args.count / seconds:9.0f} | {plain / seconds:12.2f}x |")
-    speedup = plain / rows[-1][1]
-    print(f"\nprepare vs plain loop: {speedup:.2f}x (target >= 1.5x): {'MET' if speedup >= 1.5 else 'NOT MET'}")
-    print(f"projected prepare time for the 63,565-image Kaggle set: {63565 / (args.count / rows[-1][1]):.0f} s")
-
+        print(machine_line())
+        # Round by round, every program in turn (rates in images/s): a busy stretch hits all.
+        programs = {
+            "plain loop (1 process)": lambda: args.count / timed(plain_loop),
+            "decode only (1 process)": lambda: args.count / timed(decode_only),
+            "validate (scan + GX suite)": lambda: args.count / timed_in_fresh_process("validate", tmp, args.size),
+            "prepare (alphagan)": lambda: args.count / timed_in_fresh_process("prepare", tmp, args.size),
+        }
+        runs = interleaved(programs, args.rounds)
+    plain = runs["plain loop (1 process)"]
+    print(f"\n{args.count} JPEGs of 90-130 px -> {args.size} px on {os.cpu_count()} cores; {args.rounds} interleaved rounds\n")
+    print(f"| {'step':<28} | {'images/s min / median / max (spread)':>38} | {'vs plain loop':>13} |")
+    print(f"|{'-' * 30}|{'-' * 40}|{'-' * 15}|")
+    for name, rounds in runs.items():
+        relative = ratio(rounds, plain)
+        print(f"| {name:<28} | {rounds.summary():>38} | {'unstable' if relative is None else f'{relative:.2f}x':>13} |")
+    print()
+    prepare = runs["prepare (alphagan)"]
+    print(verdict(ratio(prepare, plain), 1.5, "prepare vs plain loop"))
+    print(f"projected prepare time for the 63,565-image Kaggle set: {63565 / prepare.median:.0f} s (median round)")
 
 if __name__ == "__main__":
     main()

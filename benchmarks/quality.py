@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from alphagan.benchmarking import machine_line
 from alphagan.config import load_params
 from alphagan.dcgan import DcganConfig, train_dcgan
 from alphagan.evaluation import VALIDATED_METRICS, generate, image_grid, quality_scores
@@ -62,6 +63,7 @@ def main() -> None:
     size = params.data.image_size
     device = select_device(params.train.device)
     busy = os.getloadavg()[0]
+    machine = machine_line()  # equal wall time means equal machine: say how busy it was
 
     with tempfile.TemporaryDirectory() as scratch:
         start = time.perf_counter()
@@ -81,7 +83,7 @@ def main() -> None:
     memo = {name: memorisation_report(images, train_images, val_images) for name, images in generated.items()}
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"\n{size} px, {name}, seed {seed}; load average {busy:.2f} at start, {os.getloadavg()[0]:.2f} at the end")
+    print(f"\n{size} px, {name}, seed {seed}; {machine}; load average {busy:.2f} at start, {os.getloadavg()[0]:.2f} at the end")
     print(f"VAE-GAN: {result.step} steps in {vaegan_seconds:.0f} s; DCGAN: {dcgan_steps} steps in {dcgan_seconds:.0f} s")
     first = scores["VAE-GAN"]
     print(f"each metric: mean over {first['draws']} draws of {first['count']} images a side against the val split; "

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import resource
-import statistics
 import time
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from alphagan.benchmarking import interleaved, machine_line, ratio, result_of, verdict
 from alphagan.config import parse_params
 from alphagan.models import init_weights
 from alphagan.training import VaeGan, model_config, to_tensor, train_step
@@ -136,7 +136,7 @@ def in_fresh_process(which: str, steps: int, device_name: str) -> tuple[float, i
     results = context.Queue()
     process = context.Process(target=_child, args=(which, steps, device_name, ARGS, results))
     process.start()
-    outcome = results.get()
+    outcome = result_of(process, results, which)
     process.join()
     return outcome
 
@@ -148,34 +148,37 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per model; the median is reported")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per model (>= 2 for a ratio)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ARGS = args = parser.parse_args()
-    # Alternate the two models over several rounds, each in its own process, and take
-    # medians: a shared machine's slow minute then hits both, not one.
-    runs: dict[str, list[tuple[float, int]]] = {"DCGAN": [], "VAE-GAN": []}
-    for _ in range(args.rounds):
-        for which in runs:
-            runs[which].append(in_fresh_process(which, args.steps, args.device))
-    results = {which: (statistics.median(ips for ips, _ in rows), max(mem for _, mem in rows)) for which, rows in runs.items()}
+    # Alternate the two models round by round, each in its own process: a shared machine's
+    # slow minute then hits both. A side whose rounds disagree gives no ratio at all.
+    print(machine_line())
+    memory_peaks: dict[str, int] = {"DCGAN": 0, "VAE-GAN": 0}
+
+    def program(which: str):
+        def run_once() -> float:
+            ips, peak = in_fresh_process(which, args.steps, args.device)
+            memory_peaks[which] = max(memory_peaks[which], peak)
+            return ips
+        return run_once
+
+    runs = interleaved({which: program(which) for which in memory_peaks}, args.rounds)
     device = torch.device(args.device)
     precision = "bf16 autocast" if device.type == "cuda" else "fp32"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     memory = "CUDA max allocated" if device.type == "cuda" else "peak RSS growth"
     print(f"\n{args.size} px, batch {args.batch}, width {args.width}, {precision}, {name}; "
-          f"median of {args.rounds} rounds x {args.steps} steps, each model in its own process\n")
-    print(f"| {'model':<10} | {'images/s':>9} | {'rounds (images/s)':>26} | {memory + ' MiB':>24} | {'vs DCGAN':>8} |")
-    print(f"|{'-' * 12}|{'-' * 11}|{'-' * 28}|{'-' * 26}|{'-' * 10}|")
-    dcgan_ips = results["DCGAN"][0]
-    for which, (ips, mem) in results.items():
-        rounds = ", ".join(f"{r:.0f}" for r, _ in runs[which])
-        print(f"| {which:<10} | {ips:9.1f} | {rounds:>26} | {mem / 2**20:24.1f} | {ips / dcgan_ips:7.2f}x |")
-    vaegan_ips, vaegan_mem = results["VAE-GAN"]
-    ratio = vaegan_ips / dcgan_ips
-    print(f"\nVAE-GAN / DCGAN throughput: {ratio:.2f}x (target >= 0.5x): {'MET' if ratio >= 0.5 else 'NOT MET'}")
+          f"{args.rounds} interleaved rounds x {args.steps} steps, each model in its own process\n")
+    print(f"| {'model':<10} | {'images/s min / median / max (spread)':>38} | {memory + ' MiB':>24} |")
+    print(f"|{'-' * 12}|{'-' * 40}|{'-' * 26}|")
+    for which, rounds in runs.items():
+        print(f"| {which:<10} | {rounds.summary():>38} | {memory_peaks[which] / 2**20:24.1f} |")
+    print()
+    print(verdict(ratio(runs["VAE-GAN"], runs["DCGAN"]), 0.5, "VAE-GAN / DCGAN throughput (medians)"))
     if device.type == "cuda":
+        vaegan_mem = memory_peaks["VAE-GAN"]
         print(f"VAE-GAN peak CUDA memory {vaegan_mem / 2**30:.2f} GiB (target <= 1.25 GB): {'MET' if vaegan_mem <= 1.25e9 else 'NOT MET'}")
-
 
 if __name__ == "__main__":
     main()
