@@ -190,7 +190,8 @@ def run(params: Params) -> None:
         for report in ("summary.json", "data_docs"):
             if (validate_reports / report).exists():
                 tracking.log_artifact(validate_reports / report, "validate")
-        metrics = {"steps": result.step, "epochs": result.epoch, "images_per_second": round(result.images_per_second, 2),
+        metrics = {"steps": result.step, "epochs": result.epoch, "kimg": round(result.images_shown / 1000, 3),
+                   "images_per_second": round(result.images_per_second, 2),
                    "peak_memory_bytes": result.peak_memory_bytes, "device": result.device,
                    **{k: round(v, 6) for k, v in result.final_losses.items()},
                    "run_id": run_id, "generator_uri": generator_uri, "encoder_uri": encoder_uri}

@@ -292,3 +292,17 @@ def test_cuda_defaults_to_bf16_and_the_cpu_to_fp32():
     assert autocast_for(torch.device("cpu"), "auto")()._enabled is False
     assert autocast_for(torch.device("cpu"), "bf16")()._enabled is True
     assert autocast_for(torch.device("cpu"), "fp32")()._enabled is False
+
+
+def test_training_length_in_thousands_of_images(tmp_path, images, capsys):
+    """train.kimg fixes the images shown whatever the dataset size; epochs are derived and printed."""
+    from alphagan.training import training_steps
+
+    params = tiny_params(kimg=0.1, epochs=1000).train  # kimg wins over epochs: 100 images at batch 4 = 25 steps
+    assert training_steps(params, count=12) == 25 and training_steps(params, count=1200) == 25
+    assert training_steps(tiny_params(epochs=3).train, count=12) == 9  # no kimg: 3 epochs of 12 // 4 steps
+    assert training_steps(tiny_params(kimg=0.1, max_steps=5).train, count=12) == 5
+    assert training_steps(tiny_params(kimg=0.001).train, count=12) == 1  # a part of a batch is still one step
+    result = train(*images, tiny_params(kimg=0.02).train, 16, 0, tmp_path / "c.pt")
+    assert result.step == 5 and result.images_shown == 20
+    assert "train: 5 steps of 4 images = 0.02 kimg = 1.667 epochs of 12 images (from train.kimg)" in capsys.readouterr().err

@@ -110,6 +110,9 @@ class PrepareParams(_Section):
 class TrainParams(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     epochs: int = Field(110, ge=1)
+    # Training length in thousands of images shown (StyleGAN2-ADA's kimg); 0 = use epochs.
+    # Epochs mean nothing across dataset sizes (110 epochs of 90 images is 110 steps).
+    kimg: float = Field(0.0, ge=0)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(5e-4, gt=0, le=1)
     lr_discriminator: float = Field(5e-4, gt=0, le=1)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import resource
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -153,7 +154,7 @@ class VaeGan:
 
 #: Train params that may change when resuming: how long, where, and how often to report.
 #: Any other change (learning rates, loss weights, batch size, architecture, seed) is refused.
-RESUMABLE_CHANGES = frozenset({"resume", "epochs", "max_steps", "device", "log_every", "checkpoint_every", "grid_size",
+RESUMABLE_CHANGES = frozenset({"resume", "epochs", "kimg", "max_steps", "device", "log_every", "checkpoint_every", "grid_size",
                                "experiment_name", "registered_model_name"})
 
 
@@ -271,6 +272,15 @@ class TrainResult:
     images_per_second: float
     peak_memory_bytes: int
     final_losses: dict[str, float] = field(default_factory=dict)
+    images_shown: int = 0  # steps x batch size: what ``train.kimg`` counts (in thousands)
+
+
+def training_steps(params: TrainParams, count: int) -> int:
+    """Optimiser steps of a run on ``count`` images: ``kimg`` thousand images when set, else
+    ``epochs`` passes over the data (each ``count // batch`` steps); ``max_steps`` caps both."""
+    batch_size = min(params.batch_size, count)
+    steps = math.ceil(params.kimg * 1000 / batch_size) if params.kimg else params.epochs * (count // batch_size)
+    return min(steps, params.max_steps) if params.max_steps else steps
 
 
 def _grad_norm(parameters) -> torch.Tensor:
@@ -391,9 +401,11 @@ def train(
 
     batch_size = min(params.batch_size, count)
     steps_per_epoch = count // batch_size
-    total_steps = params.epochs * steps_per_epoch
-    if params.max_steps:
-        total_steps = min(total_steps, params.max_steps)
+    total_steps = training_steps(params, count)
+    print(f"train: {total_steps} steps of {batch_size} images = {total_steps * batch_size / 1000:g} kimg = "
+          f"{total_steps / steps_per_epoch:.4g} epochs of {count} images"
+          f"{' (from train.kimg)' if params.kimg else ''}{' (capped by train.max_steps)' if params.max_steps and params.max_steps < total_steps else ''}",
+          file=sys.stderr)
     # Fixed inputs for the epoch pictures: the same faces every epoch, so epochs compare.
     picture_rng = torch.Generator().manual_seed(seed)
     fixed_latent = torch.randn(params.grid_size, config.latent_dim, generator=picture_rng).to(device)
@@ -454,4 +466,5 @@ def train(
     bar.close()
     save_checkpoint(checkpoint_path, model, step, step // steps_per_epoch, hyperparameters)
     return TrainResult(step=step, epoch=step // steps_per_epoch, device=str(device), images_per_second=images_per_second,
+                       images_shown=step * batch_size,
                        peak_memory_bytes=peak_memory_bytes(device), final_losses=last)
