@@ -19,68 +19,16 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from alphagan.benchmarking import interleaved, machine_line, ratio, result_of, verdict
 from alphagan.config import parse_params
-from alphagan.models import init_weights
+from alphagan.dcgan import Dcgan, DcganConfig
 from alphagan.training import VaeGan, model_config, to_tensor, train_step
 
 
-class DcganGenerator(nn.Module):
-    def __init__(self, latent_dim: int, width: int, size: int):
-        super().__init__()
-        depth = int(np.log2(size // 4))
-        channels = [width * 2 ** (depth - 1 - i) for i in range(depth)]  # e.g. 256, 128, 64, 32
-        layers = [nn.ConvTranspose2d(latent_dim, channels[0], 4, 1, 0, bias=False), nn.BatchNorm2d(channels[0]), nn.ReLU(True)]
-        for c_in, c_out in zip(channels, channels[1:]):
-            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
-        layers += [nn.ConvTranspose2d(channels[-1], 3, 4, 2, 1, bias=False), nn.Tanh()]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, z):
-        return self.net(z[:, :, None, None])
-
-
-class DcganDiscriminator(nn.Module):
-    def __init__(self, width: int, size: int):
-        super().__init__()
-        depth = int(np.log2(size // 4))
-        layers, c_in = [], 3
-        for i in range(depth):
-            c_out = width * 2**i
-            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False)] + ([nn.BatchNorm2d(c_out)] if i else []) + [nn.LeakyReLU(0.2, True)]
-            c_in = c_out
-        layers += [nn.Conv2d(c_in, 1, 4, 1, 0, bias=False)]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x):
-        return self.net(x).flatten()
-
-
 def dcgan_stepper(size, batch, width, device, autocast):
-    generator, discriminator = DcganGenerator(100, width, size), DcganDiscriminator(width, size)
-    for module in (generator, discriminator):
-        module.apply(init_weights)
-        module.to(device=device, memory_format=torch.channels_last)
-    opt_g = torch.optim.Adam(generator.parameters(), 2e-4, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(discriminator.parameters(), 2e-4, betas=(0.5, 0.999))
-
-    def step(real, _step):
-        z = torch.randn(real.shape[0], 100, device=device)
-        with autocast():
-            fake = generator(z)
-            real_logits, fake_logits = discriminator(real), discriminator(fake.detach())
-            loss_d = (F.binary_cross_entropy_with_logits(real_logits.float(), torch.ones_like(real_logits.float()))
-                      + F.binary_cross_entropy_with_logits(fake_logits.float(), torch.zeros_like(fake_logits.float())))
-        opt_d.zero_grad(set_to_none=True); loss_d.backward(); opt_d.step()
-        with autocast():
-            logits = discriminator(fake)
-            loss_g = F.binary_cross_entropy_with_logits(logits.float(), torch.ones_like(logits.float()))
-        opt_g.zero_grad(set_to_none=True); loss_g.backward(); opt_g.step()
-
-    return step
+    model = Dcgan(DcganConfig(image_size=size, width=width), device)  # the anchor of benchmarks/quality.py too
+    return lambda real, _step: model.step(real, autocast)
 
 
 def vaegan_stepper(size, batch, width, device, autocast):

@@ -20,8 +20,8 @@ from alphagan import atomic, plots
 from alphagan.config import Params, flatten
 from alphagan.models import EncoderMoments
 from alphagan.redaction import redact_mapping
-from alphagan.training import (TrainingCallbacks, VaeGan, check_resume, epoch_images, load_generator, model_config,
-                               select_device, to_tensor, train)
+from alphagan.training import (TrainingCallbacks, check_resume, epoch_images, load_generator, picture_inputs,
+                               seeded_model, select_device, train)
 from pipelines._common import load_prepared, stage_main
 
 
@@ -106,20 +106,11 @@ class StageCallbacks(TrainingCallbacks):
 
 
 def initial_images(params: Params, train_images: np.ndarray, val_images: np.ndarray, device: torch.device) -> dict[str, np.ndarray]:
-    """The epoch pictures of the model as ``train`` builds it, before its first step.
-
-    The same set-up as :func:`alphagan.training.train` (seed, then build; the fixed latent
-    batch from its own seeded generator; the first 16 val faces), so the step-0 grids are
-    those of the run's own starting point. ``train`` seeds again itself: nothing here
-    changes what it computes.
-    """
-    torch.manual_seed(params.seed)
-    config = model_config(params.train, params.data.image_size)
-    model = VaeGan.build(config, params.train, device)
-    fixed_latent = torch.randn(params.train.grid_size, config.latent_dim,
-                               generator=torch.Generator().manual_seed(params.seed)).to(device)
-    shown = val_images if len(val_images) else train_images
-    return epoch_images(model, fixed_latent, to_tensor(shown[: min(16, len(shown))], device))
+    """The epoch pictures of the model as ``train`` builds it, before its first step: the
+    same seeded networks and picture inputs, so the step-0 grids are the run's own starting
+    point. ``train`` seeds again itself: nothing here changes what it computes."""
+    model = seeded_model(params.train, params.data.image_size, params.seed, device)
+    return epoch_images(model, *picture_inputs(params.train, params.seed, train_images, val_images, device))
 
 
 def device_name(device: torch.device) -> str:

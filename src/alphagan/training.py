@@ -375,6 +375,21 @@ def epoch_images(model: VaeGan, fixed_latent: torch.Tensor, val_batch: torch.Ten
     return images
 
 
+def seeded_model(params: TrainParams, image_size: int, seed: int, device: torch.device) -> VaeGan:
+    """The networks as a run of ``seed`` starts them (the global torch seed is set first)."""
+    torch.manual_seed(seed)
+    return VaeGan.build(model_config(params, image_size), params, device)
+
+
+def picture_inputs(params: TrainParams, seed: int, train_images: np.ndarray, val_images: np.ndarray,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed inputs for the epoch pictures: the same latents (their own seeded generator) and
+    the first 16 val faces every epoch, so epochs compare."""
+    fixed_latent = torch.randn(params.grid_size, params.latent_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+    shown = val_images if len(val_images) else train_images
+    return fixed_latent, to_tensor(shown[: min(16, len(shown))], device)
+
+
 def train(
     train_images: np.ndarray, val_images: np.ndarray, params: TrainParams, image_size: int, seed: int,
     checkpoint_path: Path, callbacks: TrainingCallbacks | None = None, max_seconds: float = 0.0,
@@ -390,14 +405,12 @@ def train(
     if count == 0:
         raise TrainingError("training data is empty")
     device = select_device(params.device)
-    torch.manual_seed(seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     autocast = autocast_for(device, params.precision)
-    config = model_config(params, image_size)
-    model = VaeGan.build(config, params, device)
+    model = seeded_model(params, image_size, seed, device)
 
     batch_size = min(params.batch_size, count)
     steps_per_epoch = count // batch_size
@@ -406,11 +419,7 @@ def train(
           f"{total_steps / steps_per_epoch:.4g} epochs of {count} images"
           f"{' (from train.kimg)' if params.kimg else ''}{' (capped by train.max_steps)' if params.max_steps and params.max_steps < total_steps else ''}",
           file=sys.stderr)
-    # Fixed inputs for the epoch pictures: the same faces every epoch, so epochs compare.
-    picture_rng = torch.Generator().manual_seed(seed)
-    fixed_latent = torch.randn(params.grid_size, config.latent_dim, generator=picture_rng).to(device)
-    shown = val_images if len(val_images) else train_images
-    val_batch = to_tensor(shown[: min(16, len(shown))], device)
+    fixed_latent, val_batch = picture_inputs(params, seed, train_images, val_images, device)
 
     step = 0
     hyperparameters = checkpoint_hyperparameters(params, seed)
