@@ -23,27 +23,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
 from alphagan.benchmarking import machine_line
 from alphagan.config import load_params
 from alphagan.dcgan import DcganConfig, train_dcgan
 from alphagan.evaluation import VALIDATED_METRICS, generate, image_grid, quality_scores
 from alphagan.metrics.memorisation import memorisation_report
+from alphagan.plots import side_by_side
 from alphagan.training import autocast_for, load_generator, select_device, train
 
 SHOWN = ["swd_ratio", "swd_32", "swd_16", "swd_8", "fd_random", "kid_random", "precision_random", "recall_random"]
-
-
-def side_by_side(grids: dict[str, np.ndarray], scale: int = 2) -> Image.Image:
-    """Grids next to each other, each under its label, upscaled with nearest neighbours."""
-    pictures = [Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST) for grid in grids.values()]
-    width, height = pictures[0].size
-    sheet = Image.new("RGB", (len(pictures) * (width + 16) - 16, height + 24), "white")
-    for index, (label, picture) in enumerate(zip(grids, pictures)):
-        sheet.paste(picture, (index * (width + 16), 24))
-        ImageDraw.Draw(sheet).text((index * (width + 16) + 4, 6), label, fill="black")
-    return sheet
 
 
 def main() -> None:

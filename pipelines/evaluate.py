@@ -34,21 +34,28 @@ def run(params: Params) -> None:
     device = select_device(params.train.device)
     metrics, pictures = evaluate_model(
         decoder, encoder, config.latent_dim, train_images, val_images, params.evaluate.num_samples,
-        params.evaluate.batch_size, params.seed, params.evaluate.inception_weights, params.evaluate.nearest_neighbours, device)
+        params.evaluate.batch_size, params.seed, params.evaluate.inception_weights, params.evaluate.nearest_neighbours, device,
+        draws=params.evaluate.draws, reference=params.evaluate.reference)
     for name, picture in pictures.items():  # atomic: a killed run never leaves a torn picture
         atomic.save_with(reports / f"{name}.png", lambda temporary, p=picture: Image.fromarray(p).save(temporary, format="PNG"))
     note, warnings = metrics.pop("eval/inception_note"), metrics.pop("eval/warnings")
+    reference_note = metrics.pop("eval/reference_note")
+    reference = "train" if metrics["eval/reference_train"] else "val"
+    if reference == "train":
+        print(f"evaluate: scored against the training set: {reference_note}", file=sys.stderr)
     for warning in filter(None, warnings.split("; ")):
         print(f"evaluate: warning: {warning}", file=sys.stderr)
     numbers = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}
     # Flat names without the namespace: `dvc exp show` columns stay short.
     atomic.write_text(reports / "metrics.json", json.dumps(
         {**{k.removeprefix("eval/"): v for k, v in numbers.items()}, "validated_metrics": list(VALIDATED_METRICS),
+         "reference": reference, "reference_note": reference_note,
          "warnings": warnings, "inception_note": note, "run_id": run_info["run_id"]}, indent=2))
     tracking.use_experiment(params.train.experiment_name)
     run_id = run_info["run_id"]
     tracking.log_metrics({k: float(v) for k, v in numbers.items()}, run_id=run_id)
-    tracking.set_tags({"eval_inception_note": note, "eval_warnings": warnings}, run_id=run_id)
+    tracking.set_tags({"eval_inception_note": note, "eval_warnings": warnings, "eval_reference": reference,
+                       "eval_reference_note": reference_note}, run_id=run_id)
     for name in pictures:
         tracking.log_artifact(reports / f"{name}.png", "evaluate", run_id=run_id)
     tracking.log_artifact(reports / "metrics.json", "evaluate", run_id=run_id)
@@ -56,15 +63,18 @@ def run(params: Params) -> None:
     train_part = tracking.get_description(run_id).split("\n### Evaluation", 1)[0].rstrip()
     evaluation = tracking.description(
         run_id, "Evaluation", {"Val images over their reconstructions": "evaluate/reconstructions.png",
-                               "Closest training face to each sample": "evaluate/nearest_neighbours.png"},
-        [f"swd_ratio {numbers['eval/swd_ratio']:.3f} (real data: 1.0), memorisation ratio "
+                               "Closest training face to each sample": "evaluate/nearest_neighbours.png",
+                               "Distance to the nearest training image": "evaluate/memorisation.png"},
+        [f"swd_ratio {numbers['eval/swd_ratio']:.3f} (real data: 1.0) against the {reference} images, memorisation ratio "
          f"{numbers['eval/memorisation_ratio']:.2f}, PSNR {numbers['eval/psnr']:.2f} dB; {numbers['eval/count']} images a side."])
     tracking.set_description(run_id, f"{train_part}\n\n{evaluation}" if train_part else evaluation)
     tracking.link_dvc_experiments(trained["metrics"])
     bands = {k[9:]: v for k, v in numbers.items() if k.startswith("eval/swd_") and k[9:].isdigit()}
     print(f"evaluate: swd_ratio {numbers['eval/swd_ratio']:.3f} (real data: 1.0; bands {'/'.join(bands)} px: "
           f"{'/'.join(f'{v:.1f}' for v in bands.values())}) (fd_random {numbers['eval/fd_random']:.3f}, floor {numbers['eval/fd_random_floor']:.3f}; "
-          f"{numbers['eval/count']} images a side), memorisation ratio {numbers['eval/memorisation_ratio']:.2f}, "
+          f"{numbers['eval/count']} images a side, against {reference}), memorisation ratio {numbers['eval/memorisation_ratio']:.2f} "
+          f"(copies {numbers['eval/copy_fraction']:.1%}), variety of backgrounds {numbers['eval/background_variety_ratio']:.2f} "
+          f"and positions {numbers['eval/position_variety_ratio']:.2f} of the training set's, "
           f"PSNR {numbers['eval/psnr']:.2f} dB; {note}")
     print(champion_line(tracking, run_id, params.train.registered_model_name, numbers))
 

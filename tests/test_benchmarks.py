@@ -33,3 +33,34 @@ def test_make_bench_runs_exactly_these_scripts():
     makefile = (REPO_ROOT / "Makefile").read_text()
     recipe = makefile[makefile.index("\nbench:"):].split("\n\n")[0]
     assert sorted(line.split("benchmarks/")[1].split()[0] for line in recipe.splitlines() if "benchmarks/" in line) == sorted(SMALL_RUNS)
+
+
+@pytest.mark.slow
+def test_few_shot_benchmark_prints_its_table_and_writes_both_grids(tmp_path):
+    """benchmarks/few_shot.py end to end at a tiny length: the stages, both runs, the table and the pictures."""
+    out = tmp_path / "few_shot.png"
+    done = subprocess.run([sys.executable, "benchmarks/few_shot.py", "--count", "24", "--size", "16", "--kimg", "0.2",
+                           "--draws", "2", "--samples", "40", "--out", str(out)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "validate: 24 files seen, 24 accepted, 0 rejected" in done.stdout
+    assert "prepare: 24 train + 0 val images at 16 px" in done.stdout
+    assert "instrument check: swd_ratio on the degradation ladder of these 24 images, 12 a side, 2 draws: passes" in done.stdout
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert rows[0].split("|")[2].strip() == "without DiffAugment" and rows[0].split("|")[3].strip() == "with DiffAugment"
+    assert {row.split("|")[1].strip() for row in rows[1:]} >= {"swd_ratio (validated)", "memorisation ratio", "copy fraction",
+                                                                "background variety", "position variety"}
+    assert "draws of 12 images a side against one random half of the training set" in done.stdout
+    assert "swd_ratio: DiffAugment" in done.stdout
+    from PIL import Image
+
+    sheet = Image.open(out)
+    assert sheet.size[0] > 2.5 * sheet.size[1]  # training images and both grids, side by side
+    assert Image.open(tmp_path / "few_shot_nearest.png").size[0] > 0
+
+
+def test_few_shot_images_only_writes_the_character_set(tmp_path):
+    done = subprocess.run([sys.executable, "benchmarks/few_shot.py", "--images-only", str(tmp_path / "one"), "--count", "5"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [f"character-{i:03d}.png" for i in range(5)]

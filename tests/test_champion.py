@@ -79,3 +79,15 @@ def test_tags_round_trip():
     assert standing_from_tags("3", tags, V) == Standing("3", {"swd_ratio": 1.22929}, {"swd_ratio": 0.219877}, False, DATA)
     assert standing_from_tags("3", {"eval/swd_ratio": "oops"}, V) == Standing("3")
     assert math.isnan(standing_from_tags("3", version_tags({"eval/swd_ratio": math.nan}, V, DATA), V).metrics["swd_ratio"])
+
+
+def test_scores_against_the_training_set_do_not_compare_with_val_scores():
+    def scored(version, swd, against_train):
+        return Standing(str(version), {"swd_ratio": swd}, {"swd_ratio": 0.1}, False, DATA, against_train)
+
+    decision = decide(scored(2, 0.5, True), scored(1, 2.0, False), V)
+    assert not decision.move and "scored against the val split, this run against the training set" in decision.reason
+    assert decide(scored(2, 0.5, True), scored(1, 2.0, True), V).move
+    assert decide(scored(2, 0.5, True), scored(1, 2.0, None), V).move  # a champion from before the tag: numbers decide
+    tags = version_tags({"eval/swd_ratio": 1.0, "eval/reference_train": 1}, V, DATA)
+    assert tags["eval/reference_train"] == "1" and standing_from_tags("3", tags, V).reference_train is True

@@ -11,7 +11,8 @@ from alphagan import evaluation
 from alphagan.metrics.distances import (MultiscaleSWD, frechet_distance, kernel_distance, laplacian_pyramid,
                                         multiscale_swd, precision_recall, sliced_wasserstein)
 from alphagan.metrics.features import RandomFeatures
-from alphagan.metrics.memorisation import memorisation_report
+from alphagan.metrics.baselines import degrade, score_at_equal_counts
+from alphagan.metrics.memorisation import memorisation_report, nearest_neighbours
 
 
 def reference_fd(mu1, s1, mu2, s2):
@@ -206,7 +207,95 @@ def test_missing_inception_weights_are_reported_not_substituted(tmp_path):
     bands = [metrics[f"eval/swd_{s}"] / metrics[f"eval/swd_{s}_floor"] for s in (16, 8)]
     assert metrics["eval/count"] == 6 and metrics["eval/draws"] == 3 and min(bands) <= metrics["eval/swd_ratio"] * 1.5
     # Val originals beside their reconstructions: 6 pairs in rows of 8 cells, the original first.
-    assert set(pictures) == {"reconstructions", "nearest_neighbours"}
+    assert set(pictures) == {"reconstructions", "nearest_neighbours", "memorisation"}
+    assert metrics["eval/reference_train"] == 0 and metrics["eval/memorisation_small_sample"] == 1
     assert pictures["reconstructions"].shape == (2 + 2 * 18, 8 * 18 + 2, 3)
     assert np.array_equal(pictures["reconstructions"][2:18, 2:18], np.asarray(val)[0])
     assert pictures["nearest_neighbours"].dtype == np.uint8
+
+
+def test_leave_one_out_neighbours_match_a_brute_force_search():
+    rng = np.random.default_rng(3)
+    points = rng.normal(size=(50, 7)).astype(np.float32)
+    points[10] = points[20]  # an exact duplicate: its nearest *other* point is at distance 0
+    index, distance = nearest_neighbours(points, points, chunk=16, leave_one_out=True)  # chunks cross the diagonal
+    full = np.linalg.norm(points[:, None] - points[None], axis=2)
+    np.fill_diagonal(full, np.inf)
+    assert np.array_equal(index[[i for i in range(50) if i not in (10, 20)]],
+                          full.argmin(axis=1)[[i for i in range(50) if i not in (10, 20)]])
+    assert np.allclose(distance, full.min(axis=1), atol=1e-4)
+    assert index[10] == 20 and index[20] == 10 and distance[10] < 1e-3
+    plain_index, plain_distance = nearest_neighbours(points, points)
+    assert np.array_equal(np.delete(plain_index, 20), np.delete(np.arange(50), 20))  # 20 ties with its duplicate 10
+    assert np.allclose(plain_distance, 0, atol=1e-2)  # cdist in float32: self-distances of ~1e-3, neighbours ~3
+
+
+def test_memorisation_against_the_training_set_itself(real_faces):
+    training = real_faces[:300]
+    honest = memorisation_report(real_faces[300:400], training, None)
+    copies = memorisation_report(training[:100].copy(), training, None)
+    assert honest.real_reference == "leave-one-out" and len(honest.real_distances) == 300
+    assert 0.7 < honest.ratio < 1.4 and honest.copy_fraction < 0.1
+    assert copies.ratio < 0.05 and copies.copy_fraction > 0.95
+    with pytest.raises(ValueError, match="two training images"):
+        memorisation_report(real_faces[:3], real_faces[:1], None)
+
+
+def test_split_halves_floor_is_disjoint_and_ranks_damage(real_faces):
+    pool, unseen = real_faces[:200], real_faces[200:400]
+    scores = score_at_equal_counts(pool, {"unseen": unseen, "blurred": degrade(unseen, "blur", 1)}, 100, 3, seed=0,
+                                   floor_from_reference=True)
+    assert scores["real"]["swd_ratio"].mean == 1.0
+    unseen_ratio, blurred_ratio = scores["unseen"]["swd_ratio"], scores["blurred"]["swd_ratio"]
+    assert abs(unseen_ratio.mean - 1.0) < 3 * unseen_ratio.std + 0.15  # new faces of the same kind: at the floor
+    assert min(blurred_ratio.values) > 1.5 and min(blurred_ratio.values) > max(unseen_ratio.values)  # in every draw
+    # A half of the pool against the other half: identical halves would give 0, so the two draws are disjoint.
+    assert scores["real"]["swd_32"].mean > 0 and min(scores["real"]["swd_32"].values) > 0
+    with pytest.raises(ValueError, match="split in halves"):
+        score_at_equal_counts(pool, {"unseen": unseen}, 101, 1, seed=0, floor_from_reference=True)
+    with pytest.raises(ValueError, match="do not pass one"):
+        score_at_equal_counts(pool, {"real": unseen}, 50, 1, seed=0, floor_from_reference=True)
+
+
+def test_copies_of_one_half_beat_the_floor_against_the_training_set(real_faces):
+    """Why the memorisation check must sit beside a training-set score: copying scores *better* than real."""
+    pool = real_faces[:200]
+    twice = np.concatenate([pool, pool])  # a generator that draws training images: half of its draw copies the reference half
+    scores = score_at_equal_counts(pool, {"copies": twice}, 100, 3, seed=0, floor_from_reference=True)
+    assert scores["copies"]["swd_ratio"].mean < 0.9
+    # A candidate as long as the pool (a damaged copy, for the ladder) meets it through the floor half only.
+    paired = score_at_equal_counts(pool, {"same": pool.copy()}, 100, 2, seed=0, floor_from_reference=True)
+    assert paired["same"]["swd_32"].values == paired["real"]["swd_32"].values
+
+
+@pytest.mark.parametrize(("mode", "val_count", "expected", "note"), [
+    ("auto", 300, "val", None), ("auto", 99, "train", "holds 99 images"), ("auto", 0, "train", "holds 0 images"),
+    ("val", 10, "val", None), ("val", 1, "train", "is val but the val split holds 1"), ("train", 500, "train", "DiffAugment"),
+])
+def test_reference_choice(mode, val_count, expected, note):
+    chosen, notes = evaluation.choose_reference(mode, val_count, 90)
+    assert chosen == expected
+    assert (not notes) if note is None else any(note in line for line in notes)
+    if chosen == "train":
+        assert any("memorisation" in line for line in notes)
+
+
+def test_too_few_training_images_for_the_train_reference_is_a_clear_error():
+    with pytest.raises(evaluation.EvaluationError, match="at least 4 training images"):
+        evaluation.choose_reference("auto", 0, 3)
+
+
+def test_few_shot_evaluation_scores_against_the_training_set_and_flags_small_samples():
+    decoder, encoder, train, _ = _tiny_inputs()
+    metrics, pictures = evaluation.evaluate_model(decoder, encoder, 8, train, train[:0], num_samples=20, batch_size=8,
+                                                  seed=0, inception_weights="/nonexistent.pth", reference="auto", draws=4)
+    assert metrics["eval/reference_train"] == 1 and "holds 0 images" in metrics["eval/reference_note"]
+    assert metrics["eval/count"] == 5 and metrics["eval/draws"] == 4  # halves of the 10 training images
+    assert metrics["eval/swd_ratio_floor"] == 1.0 and np.isfinite(metrics["eval/swd_ratio"])
+    assert metrics["eval/small_sample"] == 1 and metrics["eval/memorisation_small_sample"] == 1
+    assert "only 5 images per side (train 10, generated 20)" in metrics["eval/warnings"]
+    assert "memorisation reference has only 10 real images (leave-one-out)" in metrics["eval/warnings"]
+    for name in ("background_spread", "position_spread", "size_spread"):
+        assert np.isfinite(metrics[f"eval/{name}"]) and np.isfinite(metrics[f"eval/{name}_real"])
+    histogram = pictures["memorisation"]
+    assert histogram.dtype == np.uint8 and histogram.ndim == 3 and histogram.std() > 0

@@ -56,3 +56,11 @@ def test_many_differing_params_are_cut_to_the_width_and_named():
 
 def test_no_experiments_is_a_sentence():
     assert table([]).startswith("No experiments yet")
+
+
+def test_runs_scored_against_their_training_set_are_marked():
+    rows = [Experiment("val-run", {}, _metrics(1.2)), Experiment("few-shot", {}, {**_metrics(0.9, small=1), "reference": "train"})]
+    text = table(rows)
+    assert "0.900 ±0.100!T" in text and "1.200 ±0.100 " in text
+    assert "T = scored against its own training set" in text and "! = fewer than 100 images" in text
+    assert "T = scored" not in table(rows[:1])

@@ -125,3 +125,29 @@ def test_kaggle_without_cache_or_network_says_what_to_do(tmp_path, monkeypatch):
     message = str(info.value)
     assert "data.source=folder" in message and "KAGGLE_USERNAME" in message
     assert "secret-key-123" not in message
+
+
+def test_one_character_set_is_deterministic_varied_and_writes_only_a_new_folder(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from alphagan.sources.dicebear import character_options, render_character_set
+
+    first = render_character_set(tmp_path / "a", count=12, seed=3, size=32)
+    second = render_character_set(tmp_path / "b", count=12, seed=3, size=32)
+    assert [p.name for p in first] == [f"character-{i:03d}.png" for i in range(12)]
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
+    options = [character_options(3, i, 32) for i in range(12)]
+    assert {o["seed"] for o in options} == {"character-3"}  # one character...
+    for key in ("rotate", "translateX", "mouthVariant", "eyesVariant"):  # ...in many poses and expressions
+        assert len({str(o[key]) for o in options}) > 3, key
+    assert len({tuple(o["backgroundColor"]) for o in options}) > 3
+    pixels = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in first])
+    assert len({pixel.tobytes() for pixel in pixels}) == 12
+    # A folder with anything in it is refused, and its files are left alone.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.png").write_bytes(b"mine")
+    with pytest.raises(SourceError, match="not an empty folder"):
+        render_character_set(tmp_path / "mine", count=2)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["keep.png"]
+    assert (tmp_path / "mine" / "keep.png").read_bytes() == b"mine"

@@ -10,7 +10,7 @@ from alphagan import losses
 from alphagan.config import ConfigError, parse_params
 from alphagan.models import Decoder, Discriminator, Encoder, ModelConfig
 from alphagan.training import (TrainingDiverged, TrainingError, VaeGan, load_checkpoint, load_generator, model_config,
-                                to_tensor, train, train_step)
+                                plan_warnings, to_tensor, train, train_step, training_steps)
 
 TINY_TRAIN = {"batch_size": 4, "latent_dim": 8, "base_channels": 8, "max_channels": 16, "feature_layer": 1,
               "log_every": 1, "checkpoint_every": 1, "grid_size": 4, "kl_warmup_steps": 2, "device": "cpu"}
@@ -306,3 +306,17 @@ def test_training_length_in_thousands_of_images(tmp_path, images, capsys):
     result = train(*images, tiny_params(kimg=0.02).train, 16, 0, tmp_path / "c.pt")
     assert result.step == 5 and result.images_shown == 20
     assert "train: 5 steps of 4 images = 0.02 kimg = 1.667 epochs of 12 images (from train.kimg)" in capsys.readouterr().err
+
+
+def test_a_run_is_told_when_its_plan_cannot_work(tmp_path, images, capsys):
+    """Few images without DiffAugment, or too few steps, are said before training starts (never silently)."""
+    few = plan_warnings(tiny_params(epochs=110, batch_size=64).train, 90, 110)
+    assert len(few) == 2 and "90 training images" in few[0] and "few-shot switch" in few[0]
+    assert "only 110 optimiser steps" in few[1] and "train.kimg" in few[1]
+    fixed = tiny_params(kimg=100.0, batch_size=64).train
+    assert plan_warnings(fixed, 90, training_steps(fixed, 90)) == []  # the few-shot switch's length: 1,563 steps
+    assert plan_warnings(tiny_params().train, 5000, 4620) == []  # the default run's size and length
+    smoke = tiny_params(max_steps=2).train
+    assert plan_warnings(smoke, 5000, training_steps(smoke, 5000)) == []  # a capped smoke run is not a plan
+    train(*images, tiny_params(max_steps=3).train, 16, 0, tmp_path / "c.pt")
+    assert "train: warning: 12 training images" in capsys.readouterr().err

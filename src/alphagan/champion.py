@@ -18,6 +18,8 @@ The rule, in order (the first that applies decides):
 4. Different data (``data_sha256`` of the two runs differ, or either is unknown) -> the
    champion stays: scores on different data, or different val splits, do not compare.
    Move the alias by hand when changing data on purpose (the README shows the one line).
+   Likewise when one run was scored against its val split and the other against its
+   training set (``eval/reference_train``, ``evaluate.reference``).
 5. Small samples (``eval/small_sample``: fewer than ``MIN_RELIABLE_COUNT`` images a side):
    a small-sample candidate never displaces a reliable champion; a reliable candidate
    always displaces a small-sample champion (that champion's score was noise). Two small
@@ -51,6 +53,7 @@ class Standing:
     spreads: Mapping[str, float] = field(default_factory=dict)  # validated metric -> std over draws
     small_sample: bool = False
     data_sha256: str = ""
+    reference_train: bool | None = None  # scored against the training set (None: not recorded)
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ def version_tags(metrics: Mapping[str, float], validated: Sequence[str], data_sh
     names (``eval/swd_ratio``, ...)."""
     names = [f"{m}{suffix}" for m in validated for suffix in ("", "_std", "_floor", "_floor_std")]
     tags = {f"{TAG_PREFIX}{name}": _text(metrics[f"{TAG_PREFIX}{name}"])
-            for name in [*names, "count", "small_sample"] if f"{TAG_PREFIX}{name}" in metrics}
+            for name in [*names, "count", "small_sample", "reference_train"] if f"{TAG_PREFIX}{name}" in metrics}
     tags[DATA_TAG] = data_sha256
     return tags
 
@@ -80,7 +83,9 @@ def standing_from_tags(version: str, tags: Mapping[str, str], validated: Sequenc
 
     metrics = {m: v for m in validated if (v := number(f"{TAG_PREFIX}{m}")) is not None}
     spreads = {m: v for m in validated if (v := number(f"{TAG_PREFIX}{m}_std")) is not None}
-    return Standing(version, metrics, spreads, bool(number(f"{TAG_PREFIX}small_sample")), tags.get(DATA_TAG, ""))
+    reference_train = number(f"{TAG_PREFIX}reference_train")
+    return Standing(version, metrics, spreads, bool(number(f"{TAG_PREFIX}small_sample")), tags.get(DATA_TAG, ""),
+                    None if reference_train is None else bool(reference_train))
 
 
 def decide(candidate: Standing, champion: Standing | None, validated: Sequence[str]) -> Decision:
@@ -97,6 +102,10 @@ def decide(candidate: Standing, champion: Standing | None, validated: Sequence[s
         return Decision(False, f"champion version {champion.version} was trained on other data "
                                f"(data_sha256 {champion.data_sha256[:12] or 'unknown'} vs "
                                f"{candidate.data_sha256[:12] or 'unknown'}): scores do not compare")
+    if None not in (candidate.reference_train, champion.reference_train) and candidate.reference_train != champion.reference_train:
+        against = {True: "the training set", False: "the val split"}
+        return Decision(False, f"champion version {champion.version} was scored against {against[champion.reference_train]}, "
+                               f"this run against {against[candidate.reference_train]}: scores do not compare")
     scores = _compare_text(candidate, champion, validated)
     if candidate.small_sample and not champion.small_sample:
         return Decision(False, f"a small-sample score cannot displace champion version {champion.version} ({scores})")

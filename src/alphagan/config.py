@@ -147,6 +147,11 @@ class TrainParams(_Section):
 class EvaluateParams(_Section):
     num_samples: int = Field(1000, ge=2)
     batch_size: int = Field(100, ge=1)
+    # What the samples are scored against: the held-out val split, or the training set
+    # itself (the DiffAugment paper's convention for 100-shot sets); auto = val when it
+    # holds enough images to mean something (alphagan.evaluation.MIN_RELIABLE_COUNT), else train.
+    reference: Literal["auto", "val", "train"] = "auto"
+    draws: int = Field(3, ge=1, le=100)  # seeded random draws per score; their spread is reported
     inception_weights: str = ""
     nearest_neighbours: int = Field(8, ge=1)
 

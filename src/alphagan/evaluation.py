@@ -26,7 +26,10 @@ from torch import nn
 from alphagan.metrics.baselines import RATIO_METRICS, score_at_equal_counts
 from alphagan.metrics.distances import frechet_distance_of, kernel_distance
 from alphagan.metrics.features import extract
+from alphagan.errors import AlphaGanError
 from alphagan.metrics.memorisation import memorisation_report
+from alphagan.metrics.variety import variety_report
+from alphagan.plots import distance_histograms
 from alphagan.training import to_tensor
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -36,6 +39,10 @@ VALIDATED_METRICS = ("swd_ratio",)
 
 #: Below this many images per side, distances are too noisy to compare runs: flagged.
 MIN_RELIABLE_COUNT = 100
+
+
+class EvaluationError(AlphaGanError):
+    """The data cannot be scored as asked (too few images for the chosen reference)."""
 
 
 def find_inception_weights(configured: str) -> tuple[str | None, str]:
@@ -117,7 +124,7 @@ def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
     return make_grid(tensor, nrow=columns, padding=2).permute(1, 2, 0).numpy()
 
 
-def quality_scores(reference: np.ndarray, generated: np.ndarray, held_out_real: np.ndarray, seed: int,
+def quality_scores(reference: np.ndarray, generated: np.ndarray, held_out_real: np.ndarray | None, seed: int,
                    draws: int = 3, count: int | None = None, batch_size: int = 100,
                    device: torch.device | None = None) -> dict[str, float]:
     """Generated vs real at equal counts, against the same reference draws.
@@ -127,10 +134,15 @@ def quality_scores(reference: np.ndarray, generated: np.ndarray, held_out_real: 
     ``fd_random_ratio`` = ``fd_random / fd_random_floor``; ``swd_ratio`` is the SWD
     relative to the floor band by band (see :func:`~alphagan.metrics.baselines.
     score_at_equal_counts`), so its floor is 1.0. Also ``count`` and ``draws``.
+
+    ``held_out_real=None``: the floor is drawn from ``reference`` itself, in each draw the
+    half not used as the reference (a few-shot set scored against its training images).
     """
-    count = count or min(len(reference), len(generated), len(held_out_real))
-    scores = score_at_equal_counts(reference, {"generated": generated, "real": held_out_real}, count, draws, seed,
-                                   batch_size, device)
+    split = held_out_real is None
+    if count is None:
+        count = min(len(reference) // 2, len(generated)) if split else min(len(reference), len(generated), len(held_out_real))
+    candidates = {"generated": generated} if split else {"generated": generated, "real": held_out_real}
+    scores = score_at_equal_counts(reference, candidates, count, draws, seed, batch_size, device, floor_from_reference=split)
     out: dict[str, float] = {"count": count, "draws": draws}
     for metric, summary in scores["generated"].items():
         floor = scores["real"][metric]
@@ -141,36 +153,81 @@ def quality_scores(reference: np.ndarray, generated: np.ndarray, held_out_real: 
     return out
 
 
+def choose_reference(mode: str, val_count: int, train_count: int) -> tuple[str, list[str]]:
+    """What the samples are scored against (``"val"`` or ``"train"``) for ``evaluate.reference``
+    ``mode``, and the lines that say why when it is not the held-out val split."""
+    if mode == "auto":
+        mode = "val" if val_count >= MIN_RELIABLE_COUNT else "train"
+        if mode == "train":
+            notes = [f"the val split holds {val_count} images (fewer than {MIN_RELIABLE_COUNT}), so evaluate.reference: auto "
+                     f"scores the samples against the {train_count} training images themselves"]
+        else:
+            return mode, []
+    elif mode == "val" and val_count < 2:
+        mode, notes = "train", [f"evaluate.reference is val but the val split holds {val_count} images; "
+                                f"scoring against the {train_count} training images instead"]
+    else:
+        notes = []
+    if mode == "train":
+        if train_count < 4:
+            raise EvaluationError(f"scoring against the training set needs at least 4 training images (two halves of 2), "
+                                  f"got {train_count}")
+        notes.append("against the training set (the DiffAugment paper's convention for 100-shot sets), the floor is one "
+                     "random half of it against the other: this measures fit to the training images, and a copying "
+                     "generator would score well, so read it with the memorisation numbers")
+    return mode, notes
+
+
 def evaluate_model(
     decoder: nn.Module, encoder: nn.Module, latent_dim: int, train_images: np.ndarray, val_images: np.ndarray,
     num_samples: int, batch_size: int, seed: int, inception_weights: str = "", nearest: int = 8,
-    device: torch.device | None = None, draws: int = 3,
+    device: torch.device | None = None, draws: int = 3, reference: str = "val",
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """All evaluation metrics (``eval/...``), warnings, and the pictures (val reconstructions, closest pairs).
+    """All evaluation metrics (``eval/...``), notes, warnings, and the pictures.
 
-    The val split is the reference; random train images (disjoint from val) are the
-    real-data floor. With fewer than :data:`MIN_RELIABLE_COUNT` images per side the
-    numbers are still reported, with ``eval/small_sample`` set and a warning.
+    ``reference`` (``evaluate.reference``): ``"val"`` scores against the val split, with
+    random train images (disjoint from val) as the real-data floor and held-out val
+    images as the memorisation reference; ``"train"`` scores against the training set
+    itself, the floor being one random half of it against the other and the memorisation
+    reference leave-one-out within it; ``"auto"`` picks val when it holds at least
+    :data:`MIN_RELIABLE_COUNT` images. ``eval/reference_train`` records the choice.
+
+    Small-data honesty: with fewer than :data:`MIN_RELIABLE_COUNT` images per side the
+    distances are still reported, with ``eval/small_sample`` set and a warning; the same
+    for the memorisation reference (``eval/memorisation_small_sample``).
     """
     device = device or torch.device("cpu")
-    train_images = np.asarray(train_images)
-    reference = np.asarray(val_images) if len(val_images) >= 2 else train_images
+    train_images, val_images = np.asarray(train_images), np.asarray(val_images)
+    mode, notes = choose_reference(reference, len(val_images), len(train_images))
+    against_train = mode == "train"
+    scored_against = train_images if against_train else val_images
     fake = generate(decoder, num_samples, latent_dim, seed, batch_size, device)
-    quality = quality_scores(reference, fake, train_images, seed, draws=draws, batch_size=batch_size, device=device)
+    quality = quality_scores(scored_against, fake, None if against_train else train_images, seed, draws=draws,
+                             batch_size=batch_size, device=device)
     metrics: dict[str, Any] = {f"eval/{k}": v for k, v in quality.items()}
     metrics["eval/num_generated"] = len(fake)
+    metrics["eval/reference_train"] = int(against_train)
     warnings = []
     if quality["count"] < MIN_RELIABLE_COUNT:
-        warnings.append(f"only {quality['count']} images per side (val {len(val_images)}, train {len(train_images)}, "
-                        f"generated {len(fake)}): distances this small are noise, so compare runs on a larger val split")
+        sizes = f"train {len(train_images)}, generated {len(fake)}" if against_train else \
+            f"val {len(val_images)}, train {len(train_images)}, generated {len(fake)}"
+        remedy = "so compare runs only by differences well beyond the _std spreads" if against_train else \
+            "so compare runs on a larger val split (prepare.val_fraction) or set evaluate.reference: train"
+        warnings.append(f"only {quality['count']} images per side ({sizes}): distances this small are noise, {remedy}")
     metrics["eval/small_sample"] = int(bool(warnings))
 
-    reconstructed = reconstruct(encoder, decoder, reference, batch_size, device)
-    metrics.update({f"eval/{k}": v for k, v in reconstruction_quality(reference, reconstructed).items()})
+    reconstructed = reconstruct(encoder, decoder, scored_against, batch_size, device)
+    metrics.update({f"eval/{k}": v for k, v in reconstruction_quality(scored_against, reconstructed).items()})
 
-    memo = memorisation_report(fake, train_images, reference, shown=nearest)
+    memo = memorisation_report(fake, train_images, None if against_train else val_images, shown=nearest)
     metrics.update({"eval/nn_distance_median": memo.generated_median, "eval/nn_distance_median_real": memo.real_median,
                     "eval/memorisation_ratio": memo.ratio, "eval/copy_fraction": memo.copy_fraction})
+    memorisation_small = len(memo.real_distances) < MIN_RELIABLE_COUNT
+    metrics["eval/memorisation_small_sample"] = int(memorisation_small)
+    if memorisation_small:
+        warnings.append(f"the memorisation reference has only {len(memo.real_distances)} real images ({memo.real_reference}): "
+                        f"copy_fraction and memorisation_ratio are rough; look at nearest_neighbours.png")
+    metrics.update({f"eval/{k}": v for k, v in variety_report(fake, train_images).items()})
     pairs = np.stack([fake[memo.closest], train_images[memo.closest_training]], axis=1).reshape(-1, *fake.shape[1:])
 
     inception, source = inception_extractor(inception_weights)
@@ -179,20 +236,29 @@ def evaluate_model(
     else:
         count = quality["count"]
         rng = np.random.default_rng([seed, 0])
-        rows = {name: np.sort(rng.choice(len(images), count, replace=False))
-                for name, images in (("reference", reference), ("generated", fake), ("real", train_images))}
-        real_i = extract(inception, reference[rows["reference"]], batch_size, device)
-        fake_i = extract(inception, fake[rows["generated"]], batch_size, device)
-        floor_i = extract(inception, train_images[rows["real"]], batch_size, device)
+        if against_train:
+            halves = rng.permutation(len(train_images))
+            reference_rows, floor_rows = np.sort(halves[:count]), np.sort(halves[count:2 * count])
+        else:
+            reference_rows = np.sort(rng.choice(len(scored_against), count, replace=False))
+            floor_rows = np.sort(rng.choice(len(train_images), count, replace=False))
+        generated_rows = np.sort(rng.choice(len(fake), count, replace=False))
+        real_i = extract(inception, scored_against[reference_rows], batch_size, device)
+        fake_i = extract(inception, fake[generated_rows], batch_size, device)
+        floor_i = extract(inception, train_images[floor_rows], batch_size, device)
         kid, kid_std, _ = kernel_distance(real_i, fake_i, seed=seed)
         metrics.update({"eval/fid_inception": frechet_distance_of(real_i, fake_i),
                         "eval/fid_inception_floor": frechet_distance_of(real_i, floor_i),
                         "eval/kid_inception": kid, "eval/kid_inception_std": kid_std,
                         "eval/inception_note": f"InceptionV3 weights from {source}, {count} images a side, one draw"})
     metrics["eval/warnings"] = "; ".join(warnings)
+    metrics["eval/reference_note"] = "; ".join(notes) if notes else "against the held-out val split; floor: random train images"
     # Train's samples.png already shows the prior samples; evaluate shows what it alone has seen.
-    shown = min(32, len(reference))
-    originals_and_reconstructions = np.stack([reference[:shown], reconstructed[:shown]], axis=1).reshape(-1, *reference.shape[1:])
+    shown = min(32, len(scored_against))
+    originals_and_reconstructions = np.stack([scored_against[:shown], reconstructed[:shown]], axis=1).reshape(
+        -1, *scored_against.shape[1:])
+    real_label = "held-out real images" if memo.real_reference == "held-out" else "training images, leave-one-out"
     pictures = {"reconstructions": image_grid(originals_and_reconstructions, 8),
-                "nearest_neighbours": image_grid(pairs, 2 * min(4, len(memo.closest)))}
+                "nearest_neighbours": image_grid(pairs, 2 * min(4, len(memo.closest))),
+                "memorisation": distance_histograms(memo.generated_distances, memo.real_distances, real_label)}
     return metrics, pictures

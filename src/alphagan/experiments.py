@@ -6,8 +6,9 @@ This reads ``dvc exp show --json`` and keeps only what a comparison needs:
 
 * the params whose values differ between the rows shown (everything else is shared), and
 * each validated metric (``validated_metrics`` in ``reports/evaluate/metrics.json``) as
-  ``mean ±spread`` with its real-data floor, and a ``!`` where the run was flagged as
-  ``small_sample``.
+  ``mean ±spread`` with its real-data floor, a ``!`` where the run was flagged as
+  ``small_sample`` and a ``T`` where it was scored against its training set
+  (``evaluate.reference``), which compares only with other ``T`` rows.
 
     python -m alphagan.experiments          # or: make exps
 """
@@ -99,7 +100,7 @@ def _metric_cells(row: Experiment, metric: str) -> tuple[str, str]:
     value, spread, floor = (row.metrics.get(f"{metric}{suffix}") for suffix in ("", "_std", "_floor"))
     if value is None:
         return "-", "-"
-    mark = "!" if row.metrics.get("small_sample") else ""
+    mark = ("!" if row.metrics.get("small_sample") else "") + ("T" if row.metrics.get("reference") == "train" else "")
     shown = f"{value:.3f}" + (f" ±{spread:.3f}" if isinstance(spread, (int, float)) else "") + mark
     return shown, (f"{floor:.3f}" if isinstance(floor, (int, float)) else "-")
 
@@ -139,6 +140,8 @@ def table(rows: list[Experiment], width: int = DEFAULT_WIDTH) -> str:
                      + ", ".join(params[columns - fixed:]))
     if any(row.metrics.get("small_sample") for row in rows):
         notes.append("! = fewer than 100 images a side: the numbers are noise (see the run's warnings)")
+    if any(row.metrics.get("reference") == "train" for row in rows):
+        notes.append("T = scored against its own training set (evaluate.reference): compare only with other T rows")
     if params:
         notes.append("params not shown are the same in every row")
     return "\n".join(lines + [""] * bool(notes) + notes)

@@ -66,3 +66,44 @@ def samples_through_training(snapshots: Sequence[tuple[int, np.ndarray]], keep: 
         canvas.paste(Image.fromarray(np.ascontiguousarray(strip)), (label_width, row * height))
         draw.text((4, row * height + max(0, height // 2 - 6)), f"epoch {epoch}", fill="black")
     return np.asarray(canvas)
+
+
+def distance_histograms(generated: np.ndarray, real: np.ndarray, real_label: str,
+                        title: str = "Distance to the nearest training image") -> np.ndarray:
+    """The memorisation check as a picture: two overlaid, normalised histograms.
+
+    Generated images far to the left of the real reference are near copies of training
+    images; a generator that draws new members of the set overlaps the real histogram.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 3.2), dpi=100, layout="constrained")
+    canvas = FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    values = np.concatenate([generated, real])
+    bins = np.linspace(float(values.min()), float(values.max()) + 1e-9, 31)
+    axes.hist(real, bins=bins, density=True, alpha=0.55, label=f"{real_label} ({len(real)})", color="tab:blue")
+    axes.hist(generated, bins=bins, density=True, alpha=0.55, label=f"generated ({len(generated)})", color="tab:orange")
+    for data, colour in ((real, "tab:blue"), (generated, "tab:orange")):
+        axes.axvline(float(np.median(data)), color=colour, linestyle="--", linewidth=1)
+    axes.set_title(title, fontsize=10)
+    axes.set_xlabel("L2 distance, standardised luminance (dashed: medians)")
+    axes.set_ylabel("density")
+    axes.legend(fontsize=8)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def side_by_side(grids: dict[str, np.ndarray], scale: int = 2):
+    """Image grids next to each other, each under its label, upscaled with nearest
+    neighbours (a PIL image: benchmarks save it as one PNG)."""
+    from PIL import Image, ImageDraw
+
+    pictures = [Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST) for grid in grids.values()]
+    width, height = max(p.size[0] for p in pictures), max(p.size[1] for p in pictures)
+    sheet = Image.new("RGB", (len(pictures) * (width + 16) - 16, height + 24), "white")
+    for index, (label, picture) in enumerate(zip(grids, pictures)):
+        sheet.paste(picture, (index * (width + 16), 24))
+        ImageDraw.Draw(sheet).text((index * (width + 16) + 4, 6), label, fill="black")
+    return sheet

@@ -283,6 +283,29 @@ def training_steps(params: TrainParams, count: int) -> int:
     return min(steps, params.max_steps) if params.max_steps else steps
 
 
+#: Below this many training images epochs mean little and a val split wastes data (Zhao et al.
+#: 2020 treat a few thousand images and fewer as few-shot): the train stage points to the switch.
+FEW_SHOT_IMAGES = 1000
+#: Fewer optimiser steps than this do not learn faces here (the default run takes 4,620).
+MIN_USEFUL_STEPS = 1000
+
+
+def plan_warnings(params: TrainParams, count: int, total_steps: int) -> list[str]:
+    """What a run about to start should be told about its own plan: few images with a length
+    in epochs, or too few steps to learn anything (a smoke run capped by ``max_steps`` is
+    left alone)."""
+    warnings = []
+    if count < FEW_SHOT_IMAGES and not params.kimg:
+        warnings.append(f"{count} training images: with fewer than {FEW_SHOT_IMAGES}, use the few-shot switch (README, "
+                        "'A few images of your own'): a length in images shown (train.kimg), every image for training, "
+                        "scores against the training set beside the memorisation check")
+    capped = params.max_steps and total_steps >= params.max_steps
+    if total_steps < MIN_USEFUL_STEPS and not capped:
+        warnings.append(f"only {total_steps} optimiser steps: too few to learn faces (the default run takes 4,620); "
+                        "set the length in images shown with train.kimg")
+    return warnings
+
+
 def _grad_norm(parameters) -> torch.Tensor:
     """L2 norm over all gradients, left on the device: reading it back would make every
     step wait for the GPU, so the loop reads it only when it logs."""
@@ -419,6 +442,8 @@ def train(
           f"{total_steps / steps_per_epoch:.4g} epochs of {count} images"
           f"{' (from train.kimg)' if params.kimg else ''}{' (capped by train.max_steps)' if params.max_steps and params.max_steps < total_steps else ''}",
           file=sys.stderr)
+    for warning in plan_warnings(params, count, total_steps):
+        print(f"train: warning: {warning}", file=sys.stderr)
     fixed_latent, val_batch = picture_inputs(params, seed, train_images, val_images, device)
 
     step = 0

@@ -55,7 +55,7 @@ def score_pair(swd_reference: MultiscaleSWD, reference_features: np.ndarray, can
 
 def score_at_equal_counts(reference: np.ndarray, candidates: dict[str, np.ndarray], count: int, draws: int, seed: int,
                           batch_size: int = 100, device: torch.device | None = None,
-                          floor: str = "real") -> dict[str, dict[str, DrawSummary]]:
+                          floor: str = "real", floor_from_reference: bool = False) -> dict[str, dict[str, DrawSummary]]:
     """Score each candidate image set against ``reference`` at ``count`` images a side.
 
     In draw d, ``count`` reference images and ``count`` images of each candidate are drawn
@@ -69,30 +69,50 @@ def score_at_equal_counts(reference: np.ndarray, candidates: dict[str, np.ndarra
     noise (the 8x8 band of 32 px faces is the noisiest and largest), so a plain mean of
     them is mostly the coarse band and hides fine speckle; relative to the floor, each
     band counts the same, and 1.0 means "as far from the reference as real images".
+
+    ``floor_from_reference``: there is no separate real set (a few-shot run scored against
+    its own training set). Each draw then splits ``reference`` into two disjoint random
+    halves of ``count`` images: one is the reference, the other the ``floor`` candidate.
+    ``count`` may then be at most half the reference. A candidate as long as the reference
+    (a degraded copy of it, for the ladder) gets the floor half's rows.
     """
     device = device or torch.device("cpu")
     sizes = {name: len(images) for name, images in {"reference": reference, **candidates}.items()}
+    if floor_from_reference:
+        if floor in candidates:
+            raise ValueError(f"floor_from_reference draws the {floor!r} floor from the reference: do not pass one")
+        sizes["reference"] = len(reference) // 2  # each half must hold `count`
     if count < 2 or any(size < count for size in sizes.values()):
-        raise ValueError(f"equal-count scoring at {count} images needs at least that many in every set, got {sizes}")
+        raise ValueError(f"equal-count scoring at {count} images needs at least that many in every set"
+                         f"{' (the reference split in halves)' if floor_from_reference else ''}, got {sizes}")
     net = RandomFeatures()
     features = {name: extract(net, images, batch_size, device) for name, images in {"reference": reference, **candidates}.items()}
-    per_draw: dict[str, list[dict[str, float]]] = {name: [] for name in candidates}
+    per_draw: dict[str, list[dict[str, float]]] = {name: [] for name in ([floor] if floor_from_reference else []) + list(candidates)}
     for draw in range(draws):
         rng = np.random.default_rng([seed, draw])
-        ref_rows = np.sort(rng.choice(len(reference), count, replace=False))
+        if floor_from_reference:
+            halves = rng.permutation(len(reference))
+            ref_rows, floor_rows = np.sort(halves[:count]), np.sort(halves[count:2 * count])
+        else:
+            ref_rows = np.sort(rng.choice(len(reference), count, replace=False))
         swd_reference = MultiscaleSWD(np.asarray(reference[ref_rows]), seed=seed + draw)
         ref_features = features["reference"][ref_rows]
-        rows_by_length: dict[int, np.ndarray] = {}
+        if floor_from_reference:
+            per_draw[floor].append(score_pair(swd_reference, ref_features, np.asarray(reference[floor_rows]),
+                                              features["reference"][floor_rows], seed=seed + draw))
+        # A damaged copy of the reference pool meets it through the floor half only, never as
+        # copies of the very images it is scored against.
+        rows_by_length: dict[int, np.ndarray] = {len(reference): floor_rows} if floor_from_reference else {}
         for name, images in candidates.items():
             if len(images) not in rows_by_length:
                 rows_by_length[len(images)] = np.sort(rng.choice(len(images), count, replace=False))
             rows = rows_by_length[len(images)]
             per_draw[name].append(score_pair(swd_reference, ref_features, np.asarray(images[rows]), features[name][rows],
                                              seed=seed + draw))
-        if floor in candidates:
+        if floor in per_draw:
             floor_scores = per_draw[floor][-1]
             bands = [key for key in floor_scores if key.startswith("swd_")]
-            for name in candidates:
+            for name in per_draw:
                 latest = per_draw[name][-1]
                 latest["swd_ratio"] = float(np.mean([latest[band] / floor_scores[band] for band in bands]))
     return {name: {metric: DrawSummary(float(np.mean(v := [d[metric] for d in rows])), float(np.std(v)), tuple(v))

@@ -98,3 +98,56 @@ def render_avatars(params, image_size: int, seed: int, out_dir: Path, workers: i
 def style_credits(styles) -> list[str]:
     """One licence line per style, from each style's own ``meta``."""
     return [f"{s}: {style_definition(s)['meta']['license']['text']}" for s in styles]
+
+
+# --- One character, many pictures: the seed write-up's 90-image case, made offline.
+
+#: Outline colours: the same character drawn with different ink (black, brown, navy, plum).
+CHARACTER_INKS = ("000000", "5b3a29", "1f3a93", "6b2d5c")
+
+
+def character_options(seed: int, index: int, size: int, style: str = "adventurer") -> dict:
+    """Picture ``index`` of one character: DiceBear seed fixed by ``seed`` (so the face, hair
+    and skin stay), while the expression (eyes, eyebrows, mouth), outline colour, pose
+    (mirroring, rotation, scale, position) and background (plain or a two-colour
+    gradient) change from picture to picture. Deterministic in (seed, index)."""
+    rng = np.random.default_rng([seed, index, 90])
+    components = style_definition(style)["components"]
+
+    def variant(name: str) -> list[str]:
+        names = sorted(components[name]["variants"])
+        return [names[rng.integers(len(names))]]
+
+    colours = [BACKGROUNDS[i] for i in rng.choice(len(BACKGROUNDS), 2, replace=False)]
+    options = {
+        "seed": f"character-{seed}", "size": size,
+        "eyesVariant": variant("eyes"), "eyebrowsVariant": variant("eyebrows"), "mouthVariant": variant("mouth"),
+        "inkColor": [CHARACTER_INKS[rng.integers(len(CHARACTER_INKS))]],
+        "flip": "horizontal" if rng.integers(2) else "none",
+        "rotate": int(rng.integers(-25, 26)), "scale": round(float(rng.uniform(0.7, 1.1)), 3),
+        "translateX": int(rng.integers(-14, 15)), "translateY": int(rng.integers(-10, 11)),
+    }
+    if rng.random() < 0.5:
+        options["backgroundColor"] = colours[:1]
+    else:
+        options.update({"backgroundColor": colours, "backgroundColorFill": ["linear"],
+                        "backgroundColorAngle": [int(rng.integers(0, 360))]})
+    return options
+
+
+def render_character_set(out_dir: Path, count: int = 90, seed: int = 0, size: int = 128,
+                         style: str = "adventurer") -> list[Path]:
+    """Write ``count`` PNG pictures of one character (:func:`character_options`) into
+    ``out_dir``, which must not exist yet or be empty: nothing of the user's is overwritten."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise SourceError(f"{out_dir} already exists and is not an empty folder: choose a new one (nothing was written)")
+    if style not in available_styles():
+        raise SourceError(f"unknown DiceBear style {style!r}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index in range(count):
+        path = out_dir / f"character-{index:03d}.png"
+        path.write_bytes(render_avatar(style, character_options(seed, index, size, style)))
+        written.append(path)
+    return written
