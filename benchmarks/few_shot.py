@@ -106,6 +106,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--out", default="reports/few_shot.png")
     args = parser.parse_args()
+    benchmark_started = time.perf_counter()
     if args.images_only:
         written = render_character_set(Path(args.images_only), args.count, seed=0)
         print(f"few_shot: {len(written)} pictures of one character -> {args.images_only}")
@@ -178,6 +179,7 @@ def main() -> None:
     pairs = {f"{label}: closest pairs": run["pictures"]["nearest_neighbours"] for label, run in runs.items()}
     side_by_side(pairs).save(out.with_name(out.stem + "_nearest.png"))
     print(f"grids side by side: {out}; closest sample/training pairs: {out.with_name(out.stem + '_nearest.png')}")
+    print(f"whole benchmark (render, stages, ladder, both runs, scoring): {time.perf_counter() - benchmark_started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def test_few_shot_benchmark_prints_its_table_and_writes_both_grids(tmp_path):
     assert {row.split("|")[1].strip() for row in rows[1:]} >= {"swd_ratio (validated)", "memorisation ratio", "copy fraction",
                                                                 "background variety", "position variety"}
     assert "draws of 12 images a side against one random half of the training set" in done.stdout
-    assert "swd_ratio: DiffAugment" in done.stdout
+    assert "swd_ratio: DiffAugment" in done.stdout and "whole benchmark (render, stages, ladder, both runs, scoring):" in done.stdout
     from PIL import Image
 
     sheet = Image.open(out)

@@ -36,6 +36,7 @@ README = REPO_ROOT / "README.md"
 NOT_RUN = {
     "make test": "this test runs inside `make test`",
     "make bench": "fixed-size benchmarks (minutes of CPU); tests/test_benchmarks.py runs each script at small sizes",
+    ".venv/bin/python benchmarks/few_shot.py": "two 100-kimg runs (~15 CPU minutes); tests/test_benchmarks.py runs it at 0.2 kimg",
 }
 #: Commands that must fail on this machine, with a phrase their one-line error must hold.
 EXPECTED_FAILURES = {
