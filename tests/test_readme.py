@@ -49,8 +49,8 @@ SERVERS = {"make ui": "http://127.0.0.1:5000/health"}
 #: A small but real dataset for every command: 60 faces at 16 px, 2 epochs.
 README_PARAMS = {
     "data": {"source": "dicebear", "image_size": 16, "dicebear": {"count": 60, "styles": ["adventurer", "lorelei"]}},
-    # max_steps caps the few-shot walkthrough's train.kimg=100 (6,250 steps here); the other runs take 2-6 steps.
-    "train": {"epochs": 2, "batch_size": 16, "log_every": 1, "feature_layer": 1, "max_steps": 8},
+    # max_steps caps the few-shot walkthrough's train.kimg=100 (6,250 steps here); no other run takes more than 300.
+    "train": {"epochs": 2, "batch_size": 16, "log_every": 1, "feature_layer": 1, "max_steps": 300},
     "evaluate": {"num_samples": 64},
 }
 
