@@ -129,7 +129,7 @@ def test_dvc_repro_runs_the_pipeline_and_is_idempotent(tmp_path):
     # One picture per distinct thing: no two image plots are the same bytes.
     images = {name: entries[0]["url"] for name, entries in plots.items() if entries[0]["type"] == "image"}
     assert {Path(name).name for name in images} == {"losses.png", "samples_through_training.png", "samples.png",
-                                                     "reconstructions.png", "nearest_neighbours.png"}
+                                                     "reconstructions.png", "nearest_neighbours.png", "memorisation.png"}
     contents = [Path(url).read_bytes() for url in images.values()]
     assert len(set(contents)) == len(contents)
     evaluate_metrics = json.loads((tmp_path / "reports/evaluate/metrics.json").read_text())
