@@ -43,7 +43,7 @@ class Layout:
 def layout(images: np.ndarray) -> Layout:
     """Background colour, foreground centroid and size of each uint8 NHWC image."""
     images = np.asarray(images)
-    count, side = images.shape[0], images.shape[1]
+    side = images.shape[1]
     ring = max(1, side // 16)
     border = np.ones((side, side), dtype=bool)
     border[ring:side - ring, ring:side - ring] = False
@@ -56,7 +56,7 @@ def layout(images: np.ndarray) -> Layout:
         x = np.where(area > 0, (foreground.sum(axis=1) * coordinates).sum(axis=1) / area, 0.5)
         y = np.where(area > 0, (foreground.sum(axis=2) * coordinates).sum(axis=1) / area, 0.5)
     return Layout(background=background.astype(np.float64), centroid=np.stack([x, y], axis=1),
-                  size=np.sqrt(area / float(side * side)) if count else np.zeros(0))
+                  size=np.sqrt(area / float(side * side)))
 
 
 def _rms_spread(points: np.ndarray) -> float:
