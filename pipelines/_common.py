@@ -14,6 +14,7 @@ import numpy as np
 from alphagan.atomic import clean_pipeline_leftovers, describe_os_error
 from alphagan.config import Params, load_params
 from alphagan.errors import AlphaGanError
+from alphagan.phases import write_if_requested as write_phase_times
 from alphagan.redaction import redact
 
 
@@ -30,6 +31,7 @@ def stage_main(name: str, body: Callable[[Params], None], argv: Sequence[str] | 
         params = load_params(args.params)  # paths checked: inside the project, no overlaps
         clean_pipeline_leftovers(params.paths)  # temporaries of killed runs of any stage
         body(params)
+        write_phase_times()  # only when a benchmark asked for them (ALPHAGAN_PHASE_TIMES)
     except AlphaGanError as exc:
         print(redact(f"{name}: error: {exc}"), file=sys.stderr)
         return 1

@@ -13,7 +13,7 @@ from pipelines._common import stage_main
 def run(params: Params) -> None:
     summary = validate_images(
         Path(params.paths.raw), params.validate_params, Path(params.paths.validated),
-        Path(params.paths.reports) / "validate", draft_size=params.data.image_size,
+        Path(params.paths.reports) / "validate",
     )
     print(f"validate: {summary['files_seen']} files seen, {summary['accepted']} accepted, {summary['rejected']} rejected")
     for code, count in summary["rejected_by_reason"].items():

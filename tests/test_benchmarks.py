@@ -11,6 +11,7 @@ from tests.conftest import REPO_ROOT
 
 SMALL_RUNS = {
     "prepare.py": ["--count", "120", "--size", "32", "--rounds", "2"],
+    "data_path.py": ["--count", "150", "--size", "32", "--rounds", "2"],
     "train.py": ["--size", "16", "--batch", "8", "--width", "8", "--steps", "2", "--rounds", "2"],
     "evaluate.py": ["--images", "20", "--size", "32", "--dim", "64", "--rounds", "2"],
 }
@@ -27,6 +28,23 @@ def test_benchmark_prints_its_table(script):
     assert "Traceback" not in done.stderr
     assert "busy with other work before the run" in done.stdout  # every table says how quiet the machine was
     assert " / " in rows[2] and "%" in rows[2]  # min / median / max (spread), never a bare number
+
+
+@pytest.mark.slow
+def test_data_path_benchmark_accounts_for_every_file_and_says_where_the_time_goes():
+    done = subprocess.run([sys.executable, "benchmarks/data_path.py", *SMALL_RUNS["data_path.py"]], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    out = done.stdout
+    # 150 good files + the five bad ones every scrape has, each rejected for its own reason.
+    assert "validate accepted 150 of 155 files; rejected by reason: {'duplicate': 1, 'not_decodable': 3, 'too_small': 1}" in out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    assert {"plain loop (1 process)", "fetch", "validate", "prepare"} <= set(rows)
+    assert "MiB" in rows["validate"] and "MiB" in rows["prepare"]  # peak memory of the whole process tree
+    phases = {line.split(":")[0].strip(): line for line in out.splitlines() if line.startswith("  ")}
+    assert "scan: read, hash, header, decode" in phases["validate"] and "import great_expectations (beside the scan)" in phases["validate"]
+    assert "decode + resize into memmaps" in phases["prepare"] and "other (start-up, imports, writes)" in phases["prepare"]
+    assert "prepare vs plain loop:" in out and "validate vs plain loop:" in out and "validate + prepare:" in out
 
 
 def test_make_bench_runs_exactly_these_scripts():

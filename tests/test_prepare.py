@@ -34,6 +34,45 @@ def test_exif_orientation_and_alpha_are_applied(tmp_path):
     assert (prepare_image(tmp_path / "t.png", 8, background=(10, 20, 30)) == (10, 20, 30)).all()
 
 
+def _jpeg_cases(tmp_path):
+    """JPEGs of every kind the fast path takes or refuses: sizes, subsampling, progressive, grey, CMYK, EXIF."""
+    rng = np.random.default_rng(3)
+    smooth = Image.fromarray(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)).resize((131, 97), Image.Resampling.BICUBIC)
+    noisy = np.clip(np.asarray(smooth, np.int16) + rng.integers(-30, 31, (97, 131, 3)), 0, 255).astype(np.uint8)
+    cases = {"noisy.jpg": (Image.fromarray(noisy), {}), "smooth-444.jpg": (smooth, {"subsampling": 0}),
+             "progressive.jpg": (Image.fromarray(noisy), {"progressive": True}), "grey.jpg": (smooth.convert("L"), {}),
+             "cmyk.jpg": (smooth.convert("CMYK"), {}), "tall.jpg": (Image.fromarray(noisy).rotate(90, expand=True), {}),
+             "big.jpg": (Image.fromarray(noisy).resize((520, 390)), {}), "odd.jpg": (Image.fromarray(noisy).crop((0, 0, 33, 70)), {})}
+    exif = Image.Exif(); exif[0x0112] = 3
+    cases["exif.jpg"] = (Image.fromarray(noisy), {"exif": exif.tobytes()})
+    for name, (image, options) in cases.items():
+        image.save(tmp_path / name, quality=90, **options)
+    return sorted(cases)
+
+
+def test_the_fast_jpeg_path_gives_pillows_pixels_bit_for_bit(tmp_path, monkeypatch):
+    """prepare decodes plain JPEGs with simplejpeg at Pillow's draft scale: the arrays must be Pillow's exactly."""
+    from alphagan import imaging
+
+    names = _jpeg_cases(tmp_path)
+    settings = [(size, fit, resample) for size in (16, 32, 64) for fit in ("crop", "pad") for resample in ("lanczos", "box")]
+    fast = {(n, *s): prepare_image(tmp_path / n, s[0], fit=s[1], resample=s[2]) for n in names for s in settings}
+    taken = {n for n in names if imaging._scaled_jpeg((tmp_path / n).read_bytes(), 32, 10**9) is not None}
+    assert taken == {"noisy.jpg", "smooth-444.jpg", "progressive.jpg", "grey.jpg", "tall.jpg", "big.jpg", "odd.jpg"}
+    monkeypatch.setattr(imaging, "_scaled_jpeg", lambda *args: None)  # Pillow for everything
+    for key, array in fast.items():
+        name, size, fit, resample = key
+        assert np.array_equal(array, prepare_image(tmp_path / name, size, fit=fit, resample=resample)), key
+
+
+def test_the_fast_jpeg_path_keeps_the_pixel_limit(tmp_path):
+    from alphagan.imaging import ImageRejected
+
+    Image.new("RGB", (300, 200), (90, 10, 10)).save(tmp_path / "wide.jpg")
+    with pytest.raises(ImageRejected, match="decompression bomb refused before decoding"):
+        prepare_image(tmp_path / "wide.jpg", 16, max_pixels=300 * 200 - 1)
+
+
 def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
     Image.fromarray(np.full((20, 20), 32768, np.uint16)).save(tmp_path / "g16.png")
     assert abs(int(prepare_image(tmp_path / "g16.png", 8)[0, 0, 0]) - 128) <= 1

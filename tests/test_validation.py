@@ -13,7 +13,7 @@ def odd_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("odd")
     expected = make_odd_files(root / "raw")
     params = ValidateParams(min_side=16, max_reject_fraction=1.0)
-    summary = validate_images(root / "raw", params, root / "validated", root / "reports", draft_size=32)
+    summary = validate_images(root / "raw", params, root / "validated", root / "reports")
     manifest = pd.read_csv(root / "validated" / "manifest.csv", keep_default_na=False)
     return root, expected, summary, manifest
 
@@ -67,3 +67,55 @@ def test_too_many_rejects_fails_after_writing(tmp_path):
     with pytest.raises(ValidationFailed, match=r"rejected \(.*> validate.max_reject_fraction 10.0%\)"):
         validate_images(tmp_path / "raw", params, tmp_path / "validated", tmp_path / "reports")
     assert (tmp_path / "validated" / "manifest.csv").exists()
+
+
+def test_pixel_std_is_the_channel_std_of_the_image():
+    """The histogram formula against numpy's std on the pixels themselves (an independent computation)."""
+    import numpy as np
+    from PIL import Image
+
+    from alphagan.imaging import mean_channel_std
+
+    rng = np.random.default_rng(0)
+    pixels = np.concatenate([rng.integers(0, 256, (40, 50, 1)), rng.integers(100, 110, (40, 50, 1)),
+                             np.full((40, 50, 1), 7)], axis=2).astype(np.uint8)
+    expected = pixels.reshape(-1, 3).astype(np.float64).std(axis=0).mean()
+    assert abs(mean_channel_std(Image.fromarray(pixels)) - expected) < 1e-9
+    assert mean_channel_std(Image.new("RGB", (30, 30), (12, 200, 90))) == 0.0
+
+
+def test_reduced_scale_decoding_still_finds_a_damaged_stream():
+    """Validate decodes a JPEG at a reduced DCT scale; a file cut short must fail as at full size."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from alphagan.imaging import BLANK_CHECK_SIZE, inspect_image
+
+    pixels = np.random.default_rng(1).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    whole = buffer.getvalue()
+    row = inspect_image(whole, 50_000_000)
+    assert row["decodable"] and (row["width"], row["height"]) == (512, 512)
+    # Measured at ~64 px a side, here the 8x8 block means (the JPEG's DC terms): noise averages out.
+    block_means = pixels.reshape(64, 8, 64, 8, 3).mean(axis=(1, 3))
+    assert abs(row["pixel_std"] - block_means.reshape(-1, 3).std(axis=0).mean()) < 1.0
+    for cut in (0.5, 0.95):
+        row = inspect_image(whole[: int(len(whole) * cut)], 50_000_000)
+        assert not row["decodable"] and "truncated" in row["error"], row
+    assert BLANK_CHECK_SIZE <= 64
+
+
+def test_list_files_gives_relative_paths_in_component_order(tmp_path):
+    from alphagan.atomic import MARKER
+    from alphagan.validation import list_files
+
+    for name in ("b.jpg", "a/z.jpg", "a-b.jpg", "a/b/c.jpg", f"a/{MARKER}"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / MARKER).write_text("the pipeline's own")
+    (tmp_path / "link-to-dir").symlink_to(tmp_path / "a", target_is_directory=True)
+    # Sorted as path components ("a" before "a-b.jpg"), as sorted(Path) did; the top-level marker is not an image.
+    assert list_files(tmp_path) == [f"a/{MARKER}", "a/b/c.jpg", "a/z.jpg", "a-b.jpg", "b.jpg", "link-to-dir"]

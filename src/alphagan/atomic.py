@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from alphagan.errors import AlphaGanError
+from alphagan.phases import phase
 
 #: The file that marks a directory as built by this pipeline (and so replaceable by it).
 MARKER = ".alphagan-output"
@@ -171,7 +172,8 @@ def staged_directory(target: str | Path, setting: str = "") -> Iterator[Path]:
         in_body = True
         yield staging
         in_body = False
-        fsync_tree(staging)
+        with phase("fsync outputs"):
+            fsync_tree(staging)
         ensure_owned(target, setting)  # nothing foreign appeared while we worked
         if target.exists():
             os.replace(target, old)

@@ -28,6 +28,7 @@ from alphagan.progress import progress
 
 from alphagan.atomic import temp_name
 from alphagan.imaging import ImageRejected, read_limited
+from alphagan.phases import phase
 from alphagan.sources import SourceError
 
 #: Written into the fetch output: the files of the source that were not copied, and why.
@@ -51,7 +52,8 @@ def import_folder(path: Path, out_dir: Path, max_bytes: int = 100_000_000) -> in
     if not path.exists():
         raise SourceError(f"data.folder.path {str(path)!r} does not exist")
     if path.is_dir():
-        written, skipped = _copy_tree(path, out_dir, max_bytes)
+        with phase("copy files"):
+            written, skipped = _copy_tree(path, out_dir, max_bytes)
         if skipped:
             write_skipped(out_dir, skipped)
         if not written:
