@@ -76,7 +76,7 @@ def make_kaggle_like(folder: Path, count: int, seed: int = 0) -> list[Path]:
     (folder / "truncated.jpg").write_bytes(first[: len(first) // 2])
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "notes.jpg").write_text("not a picture\n")
-    Image.fromarray(np.arange(20 * 20 * 3, dtype=np.uint8).reshape(20, 20, 3)).save(folder / "tiny.jpg")
+    Image.fromarray(np.arange(12 * 12 * 3, dtype=np.uint8).reshape(12, 12, 3)).save(folder / "tiny.jpg")  # under validate.min_side
     (folder / "duplicate.jpg").write_bytes(first)
     return good
 
