@@ -43,7 +43,7 @@ def test_data_path_benchmark_accounts_for_every_file_and_says_where_the_time_goe
     assert "MiB" in rows["validate"] and "MiB" in rows["prepare"]  # peak memory of the whole process tree
     phases = {line.split(":")[0].strip(): line for line in out.splitlines() if line.startswith("  ")}
     assert "scan: read, hash, header, decode" in phases["validate"] and "import great_expectations (beside the scan)" in phases["validate"]
-    assert "decode + resize into memmaps" in phases["prepare"] and "other (start-up, imports, writes)" in phases["prepare"]
+    assert "decode + resize + write rows" in phases["prepare"] and "other (start-up, imports, writes)" in phases["prepare"]
     assert "prepare vs plain loop:" in out and "validate vs plain loop:" in out and "validate + prepare:" in out
 
 

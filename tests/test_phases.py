@@ -49,7 +49,7 @@ def test_a_stage_writes_its_phases_only_when_asked(write_params, tmp_path, monke
     for stage, expected in ((validate, {"list files", "scan: read, hash, header, decode", "scan: table",
                                         "import great_expectations (beside the scan)", "GX suite + data docs",
                                         "manifest + reports", "fsync outputs"}),
-                            (prepare, {"read manifest", "decode + resize into memmaps", "fsync outputs"})):
+                            (prepare, {"read manifest", "decode + resize + write rows", "fsync outputs"})):
         target = tmp_path / f"{stage.__name__.split('.')[-1]}.phases.json"
         monkeypatch.setenv(phases.ENV_VAR, str(target))
         phases.reset()

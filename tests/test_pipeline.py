@@ -138,6 +138,12 @@ def test_dvc_repro_runs_the_pipeline_and_is_idempotent(tmp_path):
     assert ("fid_inception" in evaluate_metrics) == ("fid_inception_floor" in evaluate_metrics)
     assert evaluate_metrics["swd_ratio_floor"] == 1.0 and evaluate_metrics["swd_ratio"] > 0
     assert evaluate_metrics["validated_metrics"] == ["swd_ratio"]
+    val_count = len(np.load(tmp_path / "data/prepared/val.npy", mmap_mode="r"))
+    assert val_count < 100  # the tiny run: evaluate.reference auto scores against the training set, and says so everywhere
+    assert evaluate_metrics["reference"] == "train" and evaluate_metrics["reference_train"] == 1
+    assert f"the val split holds {val_count} images" in evaluate_metrics["reference_note"]
+    assert evaluate_metrics["small_sample"] == 1 and evaluate_metrics["memorisation_small_sample"] == 1
+    assert "memorisation reference" in evaluate_metrics["warnings"]
 
     # Two experiments, compared by `dvc exp show`; each MLflow run carries its experiment's name.
     for name, lr in (("lr-high", "0.002"), ("lr-low", "0.0001")):

@@ -145,7 +145,7 @@ def prepare_dataset(manifest_csv: Path, raw_dir: Path, out_dir: Path, image_size
     train_rows, val_rows = split_indices(len(paths), params.val_fraction, seed)
     splits = {"train": train_rows, "val": val_rows}
     with atomic.staged_directory(out_dir, "paths.prepared") as staging:
-        with phase("decode + resize into memmaps"):
+        with phase("decode + resize + write rows"):
             load_arrays(Path(raw_dir), {staging / f"{split}.npy": [paths[i] for i in rows] for split, rows in splits.items()},
                         image_size, params, max_pixels, max_bytes)
         index = [{"split": split, "row": r, "path": paths[i], "sha256": hashes[i]}
