@@ -4,7 +4,7 @@ Both at the same image size, batch and width (VAE-GAN base_channels = DCGAN ngf 
 the DCGAN is the Radford et al. 2015 layout (transposed-conv generator from a 1x1
 latent, BatchNorm, LeakyReLU discriminator, BCE, Adam 2e-4). Prints images/s and peak
 memory (CUDA max allocated on a GPU; growth of the process's peak RSS on CPU).
-Target on CPU: VAE-GAN >= 0.5x DCGAN. On a GPU add ``--device cuda --batch 128``:
+Target on CPU: VAE-GAN >= 0.6x DCGAN (issue 12). On a GPU add ``--device cuda --batch 128``:
 bf16 autocast, target peak memory <= 1.25 GB.
 
     python benchmarks/train.py [--size 64] [--batch 64] [--width 32] [--steps 10] [--rounds 3] [--device cpu]
@@ -123,7 +123,7 @@ def main() -> None:
     for which, rounds in runs.items():
         print(f"| {which:<10} | {rounds.summary():>38} | {memory_peaks[which] / 2**20:24.1f} |")
     print()
-    print(verdict(ratio(runs["VAE-GAN"], runs["DCGAN"]), 0.5, "VAE-GAN / DCGAN throughput (medians)"))
+    print(verdict(ratio(runs["VAE-GAN"], runs["DCGAN"]), 0.6, "VAE-GAN / DCGAN throughput (medians)"))
     if device.type == "cuda":
         vaegan_mem = memory_peaks["VAE-GAN"]
         print(f"VAE-GAN peak CUDA memory {vaegan_mem / 2**30:.2f} GiB (target <= 1.25 GB): {'MET' if vaegan_mem <= 1.25e9 else 'NOT MET'}")
