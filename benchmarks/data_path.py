@@ -24,7 +24,6 @@ bound). Prints a table (not a test); targets: validate + prepare under 60 s and 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import subprocess
@@ -40,6 +39,7 @@ import yaml
 from PIL import Image
 
 from alphagan.benchmarking import Rounds, interleaved, machine_line, ratio, verdict
+from prepare import make_jpegs  # benchmarks/prepare.py: the same synthetic JPEGs
 from alphagan.phases import ENV_VAR as PHASES_ENV, line as phases_line, sequential_total
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,15 +54,7 @@ BAD_FILES = {
 
 def _write_range(args: tuple[str, int, int, int]) -> None:
     folder, start, stop, seed = args
-    rng = np.random.default_rng([seed, start])
-    for i in range(start, stop):
-        w, h = (int(v) for v in rng.integers(90, 131, 2))
-        base = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-        image = Image.fromarray(base).resize((w, h), Image.Resampling.BICUBIC)
-        array = np.clip(np.asarray(image, np.float32) + rng.normal(0, 18, (h, w, 3)), 0, 255).astype(np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(array).save(buffer, "JPEG", quality=90)
-        Path(folder, f"{i}_{2000 + i % 20}.jpg").write_bytes(buffer.getvalue())
+    make_jpegs(Path(folder), stop - start, seed, start)
 
 
 def make_kaggle_like(folder: Path, count: int, seed: int = 0) -> list[Path]:
@@ -132,7 +124,7 @@ def run_stage(stage: str, project: Path, record: dict) -> float:
     """Run one stage as its own process in ``project``; its wall seconds. Phases and memory go to ``record``."""
     phases_file = project / f".phases-{stage}.json"
     env = {**os.environ, PHASES_ENV: str(phases_file), "ALPHAGAN_PROGRESS": "off",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     start = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", f"pipelines.{stage}", "--params", "params.yaml"], cwd=project,
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

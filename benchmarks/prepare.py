@@ -33,11 +33,15 @@ from alphagan.preprocess import prepare_dataset
 from alphagan.validation import validate_images
 
 
-def make_jpegs(root: Path, count: int, seed: int = 0) -> None:
-    """Smooth colour fields with detail on top: JPEG sizes and decode costs like real crops."""
-    rng = np.random.default_rng(seed)
+def make_jpegs(root: Path, count: int, seed: int = 0, start: int = 0) -> None:
+    """Smooth colour fields with detail on top: JPEG sizes and decode costs like real crops.
+
+    Files ``start`` .. ``start + count - 1``; each range draws from its own seed, so ranges
+    can be written in parallel (benchmarks/data_path.py).
+    """
+    rng = np.random.default_rng([seed, start])
     root.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
+    for i in range(start, start + count):
         w, h = (int(v) for v in rng.integers(90, 131, 2))
         base = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
         image = Image.fromarray(base).resize((w, h), Image.Resampling.BICUBIC)

@@ -228,8 +228,7 @@ def _scaled_jpeg(data: bytes, size: int, max_pixels: int) -> Image.Image | None:
     complaint from libjpeg-turbo, which then gets Pillow's verdict).
 
     The pixels are the ones Pillow decodes (tests/test_prepare.py compares them bit for
-    bit); what is saved is Pillow's header parsing in Python and a copy, about a third of
-    the time per image (benchmarks/data_path.py).
+    bit); what is saved is Pillow's header parsing in Python and a copy.
     """
     if not data.startswith(b"\xff\xd8") or _has_exif(data):
         return None

@@ -3,8 +3,8 @@
 Outputs ``train.npy`` and ``val.npy`` (N x H x W x 3, uint8, memory-mappable with
 ``np.load(..., mmap_mode="r")``) and ``index.csv`` mapping each row back to its source.
 Decoding is spread over processes; each worker writes its runs of rows into the
-pre-allocated ``.npy`` files, so memory stays flat however many images there are. The whole output directory is built
-under a temporary name beside ``paths.prepared`` and renamed into place only when every
+pre-allocated ``.npy`` files, so memory stays flat however many images there are. The
+whole output directory is built under a temporary name beside ``paths.prepared`` and renamed into place only when every
 array is complete and fsynced: no reader ever sees a half-filled (zero) array.
 """
 
@@ -56,9 +56,7 @@ def _fill_rows(job: tuple[str, int, int, list[str]], root: str, size: int, param
     """Worker: decode a run of paths into one buffer, then write it to its rows of the ``.npy``
     with ``pwrite`` (nothing pickled back).
 
-    Not through a memmap: page faults and write-protect faults on the dirty pages cost ~15%
-    of prepare at 63.6k images (benchmarks/data_path.py), and the pages counted in each
-    worker's RSS.
+    Not through a memmap: every dirty page of it cost a fault, and counted in the worker's RSS.
     """
     out_file, data_offset, start, paths = job
     rows = np.empty((len(paths), size, size, 3), np.uint8)
