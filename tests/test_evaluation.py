@@ -299,3 +299,31 @@ def test_few_shot_evaluation_scores_against_the_training_set_and_flags_small_sam
         assert np.isfinite(metrics[f"eval/{name}"]) and np.isfinite(metrics[f"eval/{name}_real"])
     histogram = pictures["memorisation"]
     assert histogram.dtype == np.uint8 and histogram.ndim == 3 and histogram.std() > 0
+
+
+class _FlattenEncoder(torch.nn.Module):
+    """A perfect, noiseless autoencoder's encoder: the latent is the image itself."""
+
+    def forward(self, images):
+        mu = images.flatten(1)
+        return mu, torch.full_like(mu, -60.0)  # sigma = e^-30: posterior samples are the images
+
+
+class _ReshapeDecoder(torch.nn.Module):
+    def forward(self, latent):
+        return latent.view(-1, 3, 32, 32)
+
+
+def test_prior_gap_separates_posterior_samples_from_prior_holes(real_faces):
+    """A perfect autoencoder draws real faces from its posterior and pure noise from N(0, I):
+    its posterior samples must score at the real floor and its prior samples far from it."""
+    train, val = real_faces[:400], real_faces[400:]
+    posterior = evaluation.posterior_samples(_FlattenEncoder(), _ReshapeDecoder(), train[:50], 0, 16, torch.device("cpu"))
+    np.testing.assert_array_equal(posterior, train[:50])
+    metrics, _ = evaluation.evaluate_model(_ReshapeDecoder(), _FlattenEncoder(), 3 * 32 * 32, train, val, num_samples=300,
+                                           batch_size=100, seed=0, inception_weights="/nonexistent.pth", reference="val")
+    assert metrics["eval/reference_train"] == 0
+    assert 0.8 < metrics["eval/posterior_swd_ratio"] < 1.25  # real faces: within noise of the floor (1.0)
+    assert metrics["eval/swd_ratio"] > 3  # noise from the prior
+    assert metrics["eval/prior_gap"] == pytest.approx(metrics["eval/swd_ratio"] / metrics["eval/posterior_swd_ratio"])
+    assert metrics["eval/prior_gap"] > 3
