@@ -116,8 +116,9 @@ def prior_gap(encoder: nn.Module, decoder: nn.Module, reference: np.ndarray, tra
               prior_swd_ratio: float, num_generated: int, count: int, seed: int, draws: int, batch_size: int,
               device: torch.device) -> dict[str, float]:
     """The same instruments on **posterior** samples: one z ~ q(z|x) per training image
-    through the decoder, scored with exactly the prior samples' reference and floor draws
-    (``posterior_<metric>`` for every metric, ``posterior_swd_ratio_std``), and
+    through the decoder, scored against the prior samples' reference draws (and their
+    floor draws too when the training set holds at least ``num_generated`` images), as
+    ``posterior_<metric>`` for every metric with ``posterior_swd_ratio_std``, and
     ``prior_gap`` = prior ``swd_ratio`` / ``posterior_swd_ratio``.
 
     A VAE's prior samples can be no better than what its decoder draws where
