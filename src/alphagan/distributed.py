@@ -226,6 +226,10 @@ class Distributed:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
+    def barrier(self) -> None:
+        """Wait for every rank (so that a file rank 0 has just written is there for all)."""
+        dist.barrier()
+
     def check_in_sync(self, modules: Iterable[nn.Module], step: int) -> None:
         """Refuse to go on when the ranks' weights and buffers are no longer bit-identical: a
         checkpoint of rank 0 would then not be the model the run trained."""

@@ -559,6 +559,8 @@ def train(
             callbacks.on_images(step, epoch, epoch_images(model, fixed_latent, val_batch))
     bar.close()
     checkpoint(step, step // steps_per_epoch)
+    if distributed:  # no rank returns before the final checkpoint is on disk (another run may resume from it)
+        distributed.barrier()
     return TrainResult(step=step, epoch=step // steps_per_epoch, device=str(device), images_per_second=images_per_second,
                        images_shown=step * batch_size,
                        peak_memory_bytes=peak_memory_bytes(device), final_losses=last)
