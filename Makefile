@@ -33,6 +33,7 @@ bench: setup
 	$(BIN)/python benchmarks/prepare.py
 	$(BIN)/python benchmarks/data_path.py
 	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/scale.py
 	$(BIN)/python benchmarks/evaluate.py
 
 # Experiments side by side: the params that differ and the validated metrics with their

@@ -13,6 +13,7 @@ import numpy as np
 
 from alphagan.atomic import clean_pipeline_leftovers, describe_os_error
 from alphagan.config import Params, load_params
+from alphagan.distributed import launched_world
 from alphagan.errors import AlphaGanError
 from alphagan.phases import write_if_requested as write_phase_times
 from alphagan.redaction import redact
@@ -23,15 +24,24 @@ def stage_main(name: str, body: Callable[[Params], None], argv: Sequence[str] | 
 
     So does a full disk or a refused write anywhere in the stage (naming the path). Any
     other exception is a bug and keeps its traceback, with secrets masked like every message.
+    In a data-parallel run (started by torchrun) only rank 0 touches files, here the
+    leftovers of killed runs: another rank cleaning them could delete rank 0's temporaries
+    mid-write. Other ranks name themselves in their messages.
     """
     parser = argparse.ArgumentParser(prog=f"python -m pipelines.{name}", description=f"alpha-gan {name} stage")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
+    world = launched_world()
+    writes = world is None or world[0] == 0
+    if not writes:
+        name = f"{name} (rank {world[0]})"
     try:
         params = load_params(args.params)  # paths checked: inside the project, no overlaps
-        clean_pipeline_leftovers(params.paths)  # temporaries of killed runs of any stage
+        if writes:
+            clean_pipeline_leftovers(params.paths)  # temporaries of killed runs of any stage
         body(params)
-        write_phase_times()  # only when a benchmark asked for them (ALPHAGAN_PHASE_TIMES)
+        if writes:
+            write_phase_times()  # only when a benchmark asked for them (ALPHAGAN_PHASE_TIMES)
     except AlphaGanError as exc:
         print(redact(f"{name}: error: {exc}"), file=sys.stderr)
         return 1

@@ -1,4 +1,10 @@
-"""train: the VAE-GAN on ``paths.prepared``, tracked in MLflow; checkpoint, metrics and plots for DVC."""
+"""train: the VAE-GAN on ``paths.prepared``, tracked in MLflow; checkpoint, metrics and plots for DVC.
+
+With ``train.nproc`` above 1 this process starts that many copies of itself through
+torchrun's launcher (one node) and waits; under torchrun (``RANK``/``WORLD_SIZE``/``LOCAL_RANK``
+set, as on each node of a multi-node run) it is one rank and never relaunches. Rank 0 alone
+opens the MLflow run and writes the checkpoint, reports and pictures; the other ranks only train.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from alphagan import atomic, plots
+from alphagan import atomic, distributed, plots
 from alphagan.config import Params, flatten
 from alphagan.models import EncoderMoments
 from alphagan.redaction import redact_mapping
@@ -118,14 +124,46 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
+def launch(params: Params, argv: list[str]) -> None:
+    """Start ``train.nproc`` ranks of this stage on this machine; they write everything.
+
+    What would fail on every rank (no prepared data, misuse of resume, more processes than
+    GPUs) is refused here first, once."""
+    load_prepared(params)
+    check_resume(train_outputs(params)["checkpoint"], params.train, params.data.image_size, params.seed)
+    device, nproc = select_device(params.train.device), params.train.nproc
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise distributed.DistributedError(f"train.nproc is {nproc} but this machine has {torch.cuda.device_count()} GPU(s); "
+                                           "use one process per GPU")
+    print(f"train: starting {nproc} processes on this machine (torchrun, {'NCCL' if device.type == 'cuda' else 'gloo'})",
+          file=sys.stderr)
+    distributed.launch(nproc, "pipelines.train", argv)
+
+
 def run(params: Params) -> None:
+    """The stage in this process: alone, or as one rank of a data-parallel run."""
+    world = distributed.start(select_device(params.train.device))
+    try:
+        if world is not None and not world.is_main:
+            train_images, val_images = load_prepared(params)
+            train(train_images, val_images, params.train, params.data.image_size, params.seed,
+                  train_outputs(params)["checkpoint"], distributed=world)
+        else:
+            run_main(params, world)
+    finally:
+        distributed.stop()
+
+
+def run_main(params: Params, world: distributed.Distributed | None) -> None:
+    """Everything a single process does, and what rank 0 does in a data-parallel run."""
     from alphagan import tracking  # mlflow loads only in the stages that log
 
     outputs = train_outputs(params)
     outputs["metrics"].parent.mkdir(parents=True, exist_ok=True)
     prepared = Path(params.paths.prepared)
     train_images, val_images = load_prepared(params)
-    device = select_device(params.train.device)
+    device = world.device if world else select_device(params.train.device)
+    processes = world.world_size if world else 1
     # Misuse of resume (no checkpoint, changed hyper-parameters) stops before an MLflow run opens.
     check_resume(outputs["checkpoint"], params.train, params.data.image_size, params.seed)
     previous_run = None
@@ -138,7 +176,8 @@ def run(params: Params) -> None:
         **tracking.git_state(managed=managed), "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
         "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
         "data_sha256": file_digest(prepared / "train.npy", prepared / "val.npy"),
-        "device": device_name(device), "torch_version": torch.__version__, "data_source": params.data.source,
+        "device": device_name(device), "processes": str(processes), "torch_version": torch.__version__,
+        "data_source": params.data.source,
     }
     experiment_id = tracking.use_experiment(params.train.experiment_name)
     tracking.link_dvc_experiments(outputs["metrics"])  # earlier experiments, committed by DVC since
@@ -153,7 +192,7 @@ def run(params: Params) -> None:
             tracking.log_images(initial_images(params, train_images, val_images, device), step=0)
         callbacks = StageCallbacks(tracking.MlflowCallbacks(), outputs, params.data.image_size, params.train.resume)
         result = train(train_images, val_images, params.train, params.data.image_size, params.seed,
-                       outputs["checkpoint"], callbacks)
+                       outputs["checkpoint"], callbacks, distributed=world)
         callbacks.finish()
         decoder, encoder, config = load_generator(outputs["checkpoint"])
         name = params.train.registered_model_name
@@ -170,7 +209,8 @@ def run(params: Params) -> None:
             if outputs[key].exists():
                 tracking.log_artifact(outputs[key], "train")
         tracking.set_description(run_id, tracking.description(
-            run_id, f"Step {result.step} (epoch {result.epoch}) on {device_name(device)}",
+            run_id, f"Step {result.step} (epoch {result.epoch}) on {device_name(device)}"
+                    f"{f' x {processes} processes' if processes > 1 else ''}",
             {"Samples (EMA generator, fixed latents)": final["samples_ema"],
              "Reconstructions (validation face, reconstruction)": final["reconstructions"],
              "The same latents through training": "train/samples_through_training.png",
@@ -182,17 +222,26 @@ def run(params: Params) -> None:
             if (validate_reports / report).exists():
                 tracking.log_artifact(validate_reports / report, "validate")
         metrics = {"steps": result.step, "epochs": result.epoch, "kimg": round(result.images_shown / 1000, 3),
-                   "images_per_second": round(result.images_per_second, 2),
+                   "images_per_second": round(result.images_per_second, 2), "processes": processes,
                    "peak_memory_bytes": result.peak_memory_bytes, "device": result.device,
                    **{k: round(v, 6) for k, v in result.final_losses.items()},
                    "run_id": run_id, "generator_uri": generator_uri, "encoder_uri": encoder_uri}
         atomic.write_text(outputs["metrics"], json.dumps(redact_mapping(metrics), indent=2))
-    print(f"train: {result.step} steps on {result.device}, {result.images_per_second:.0f} img/s; "
+    print(f"train: {result.step} steps on {result.device}{f' x {processes}' if processes > 1 else ''}, "
+          f"{result.images_per_second:.0f} img/s; "
           f"MLflow run {run_id} at {tracking.display_uri()}")
 
 
 def main(argv=None) -> int:
-    return stage_main("train", run, argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+
+    def body(params: Params) -> None:
+        if params.train.nproc > 1 and distributed.launched_world() is None:
+            launch(params, argv)  # the ranks get this process's own arguments
+        else:
+            run(params)
+
+    return stage_main("train", body, argv)
 
 
 if __name__ == "__main__":

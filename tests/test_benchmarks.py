@@ -13,6 +13,7 @@ SMALL_RUNS = {
     "prepare.py": ["--count", "120", "--size", "32", "--rounds", "2"],
     "data_path.py": ["--count", "150", "--size", "32", "--rounds", "2"],
     "train.py": ["--size", "16", "--batch", "8", "--width", "8", "--steps", "2", "--rounds", "2"],
+    "scale.py": ["--size", "16", "--batch", "8", "--width", "8", "--nproc", "2", "--steps", "2", "--rounds", "2", "--device", "cpu"],
     "evaluate.py": ["--images", "20", "--size", "32", "--dim", "64", "--rounds", "2"],
 }
 

@@ -37,6 +37,7 @@ NOT_RUN = {
     "make test": "this test runs inside `make test`",
     "make bench": "fixed-size benchmarks (minutes of CPU); tests/test_benchmarks.py runs each script at small sizes",
     ".venv/bin/python benchmarks/few_shot.py": "two 100-kimg runs (~15 CPU minutes); tests/test_benchmarks.py runs it at 0.2 kimg",
+    "-S train.nproc=4": "one process per GPU, four of them; tests/test_ddp.py runs the train stage with train.nproc=2 on the CPU",
 }
 #: Commands that must fail on this machine, with a phrase their one-line error must hold.
 EXPECTED_FAILURES = {

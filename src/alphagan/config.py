@@ -113,7 +113,12 @@ class TrainParams(_Section):
     # Training length in thousands of images shown (StyleGAN2-ADA's kimg); 0 = use epochs.
     # Epochs mean nothing across dataset sizes (110 epochs of 90 images is 110 steps).
     kimg: float = Field(0.0, ge=0)
+    # The global batch: with nproc processes each trains on batch_size / nproc images a step.
     batch_size: int = Field(64, ge=1)
+    # Data-parallel processes on this machine (one per GPU; gloo processes on CPU). Above 1 the
+    # train stage starts them itself through torchrun's launcher; under torchrun (multi-node)
+    # the world size comes from torchrun and this is not used.
+    nproc: int = Field(1, ge=1)
     lr: float = Field(5e-4, gt=0, le=1)
     lr_discriminator: float = Field(5e-4, gt=0, le=1)
     beta1: float = Field(0.5, ge=0, lt=1)
@@ -142,6 +147,13 @@ class TrainParams(_Section):
     registered_model_name: str = Field("alpha-gan-generator", min_length=1)
     # Stop after this many optimiser steps in total (0 = run all epochs); for tests and smoke runs.
     max_steps: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _batch_splits_over_processes(self) -> TrainParams:
+        if self.batch_size % self.nproc:
+            raise ValueError(f"batch_size {self.batch_size} is the global batch and must divide evenly over "
+                             f"nproc {self.nproc} processes; use a multiple of {self.nproc}")
+        return self
 
 
 class EvaluateParams(_Section):

@@ -136,9 +136,10 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """z = mu + sigma * eps (Kingma and Welling 2014)."""
-    return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """z = mu + sigma * eps (Kingma and Welling 2014); eps is ``noise`` when given, else drawn here."""
+    eps = torch.randn_like(mu) if noise is None else noise.to(mu.dtype)
+    return mu + eps * torch.exp(0.5 * logvar)
 
 
 class EncoderMoments(nn.Module):

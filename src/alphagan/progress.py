@@ -100,10 +100,11 @@ class LineProgress:
 
 
 def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "", unit: str = "it",
-             initial: int = 0, stream: IO[str] | None = None) -> Any:
-    """A tqdm bar when ``stream`` (stderr) is a terminal, a :class:`LineProgress` otherwise."""
+             initial: int = 0, stream: IO[str] | None = None, enabled: bool = True) -> Any:
+    """A tqdm bar when ``stream`` (stderr) is a terminal, a :class:`LineProgress` otherwise;
+    a silent one when not ``enabled`` (data-parallel ranks other than 0)."""
     stream = stream if stream is not None else sys.stderr
-    style = os.environ.get("ALPHAGAN_PROGRESS", "").lower()
+    style = os.environ.get("ALPHAGAN_PROGRESS", "").lower() if enabled else "off"
     if style not in ("bar", "lines", "off"):
         style = "bar" if getattr(stream, "isatty", lambda: False)() else "lines"
     if style == "bar":

@@ -35,6 +35,7 @@ from alphagan.progress import progress
 from alphagan import atomic, losses
 from alphagan.augment import diff_augment
 from alphagan.config import TrainParams
+from alphagan.distributed import Distributed, per_rank_batch
 from alphagan.errors import AlphaGanError
 from alphagan.models import Decoder, Discriminator, Encoder, ModelConfig, init_weights, reparameterize
 
@@ -154,8 +155,10 @@ class VaeGan:
 
 #: Train params that may change when resuming: how long, where, and how often to report.
 #: Any other change (learning rates, loss weights, batch size, architecture, seed) is refused.
-RESUMABLE_CHANGES = frozenset({"resume", "epochs", "kimg", "max_steps", "device", "log_every", "checkpoint_every", "grid_size",
-                               "experiment_name", "registered_model_name"})
+#: ``nproc`` may change too: the global batch, and so the maths, stay the same (only the noise
+#: draws, which are per rank, differ from those of a run that never stopped).
+RESUMABLE_CHANGES = frozenset({"resume", "epochs", "kimg", "max_steps", "device", "nproc", "log_every", "checkpoint_every",
+                               "grid_size", "experiment_name", "registered_model_name"})
 
 
 def save_checkpoint(path: Path, model: VaeGan, step: int, epoch: int, hyperparameters: dict[str, Any] | None = None) -> None:
@@ -313,7 +316,17 @@ def _grad_norm(parameters) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else torch.zeros(())
 
 
-def train_step(model: VaeGan, real: torch.Tensor, params: TrainParams, step: int, autocast) -> dict[str, torch.Tensor]:
+def latent_noise(batch: int, latent_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prior latents, reparameterisation noise), each (batch, latent_dim) ~ N(0, I), drawn in that
+    order from the global torch generator: what a data-parallel rank draws after seeding it
+    with :meth:`Distributed.step_seed`."""
+    prior = torch.randn(batch, latent_dim, device=device)
+    return prior, torch.randn(batch, latent_dim, device=device)
+
+
+def train_step(model: VaeGan, real: torch.Tensor, params: TrainParams, step: int, autocast,
+               noise: tuple[torch.Tensor, torch.Tensor] | None = None,
+               distributed: Distributed | None = None) -> dict[str, torch.Tensor]:
     """One update of all three networks from one shared forward pass; returns the losses (detached).
 
     As in Larsen et al. 2016 (Algorithm 1), every gradient is taken against the same
@@ -327,6 +340,13 @@ def train_step(model: VaeGan, real: torch.Tensor, params: TrainParams, step: int
       the decoder gets reconstruction + adversarial. One more backward pass.
     - ``shared``: one backward of the whole VAE loss into both, so the adversarial term
       also reaches the encoder through the reconstructions.
+
+    ``noise`` gives the (prior latents, reparameterisation noise) from :func:`latent_noise`;
+    None draws them here from the global generator (the single-process run's own order).
+    With ``distributed``, ``real`` is this rank's shard: the returned losses are the global-batch
+    means (so the NaN guard stops every rank at the same step), and after all backward passes
+    each gradient is averaged over the ranks before the optimisers step (see
+    :mod:`alphagan.distributed` for why this is not DistributedDataParallel).
     """
     kind, policy = params.adversarial_loss, params.diffaugment
     values_per_image = real[0].numel()
@@ -336,8 +356,13 @@ def train_step(model: VaeGan, real: torch.Tensor, params: TrainParams, step: int
 
     with autocast():
         mu, logvar = model.encoder(real)
-        prior_latent = torch.randn(batch, model.config.latent_dim, device=real.device, dtype=mu.dtype)
-        decoded = model.decoder(torch.cat([reparameterize(mu, logvar), prior_latent]))  # (2B, 3, S, S)
+        if noise is None:
+            prior_latent = torch.randn(batch, model.config.latent_dim, device=real.device, dtype=mu.dtype)
+            posterior_latent = reparameterize(mu, logvar)
+        else:
+            prior_latent = noise[0].to(mu.dtype)
+            posterior_latent = reparameterize(mu, logvar, noise[1])
+        decoded = model.decoder(torch.cat([posterior_latent, prior_latent]))  # (2B, 3, S, S)
         reconstructed = decoded[:batch]
         logits, features = model.discriminator(diff_augment(torch.cat([real, decoded]), policy))
         if policy:  # the similarity metric compares un-augmented images
@@ -356,7 +381,8 @@ def train_step(model: VaeGan, real: torch.Tensor, params: TrainParams, step: int
         loss_vae = loss_reconstruction + params.adversarial_weight * loss_adv
     named = {"loss_d": loss_d, "loss_kl": loss_kl, "loss_feature": loss_feature, "loss_pixel": loss_pixel,
              "loss_adv_g": loss_adv, "loss_vae": loss_vae}
-    for name, value in named.items():  # before any update: the models in memory stay good too
+    reported = distributed.average_losses(named) if distributed else named
+    for name, value in reported.items():  # before any update: the models in memory stay good too
         if not torch.isfinite(value):
             raise TrainingDiverged(f"step {step}: {name} is {value.item()}; stopping, last good checkpoint left intact")
 
@@ -368,12 +394,16 @@ def train_step(model: VaeGan, real: torch.Tensor, params: TrainParams, step: int
     else:
         loss_vae.backward(inputs=encoder_parameters + decoder_parameters, retain_graph=True)
     loss_d.backward(inputs=discriminator_parameters)
+    if distributed:
+        distributed.average_gradients(encoder_parameters + decoder_parameters + discriminator_parameters)
     grad_norm_vae = _grad_norm(encoder_parameters + decoder_parameters)
     grad_norm_d = _grad_norm(discriminator_parameters)
     model.optimizer_vae.step()
     model.optimizer_discriminator.step()
     model.ema_decoder.update_parameters(model.decoder)
-    result = {k: v.detach() for k, v in named.items()}
+    if distributed:
+        distributed.broadcast_buffers([model.encoder, model.decoder, model.discriminator])
+    result = {k: v.detach() for k, v in reported.items()}
     result["grad_norm_d"] = grad_norm_d
     result["grad_norm_vae"] = grad_norm_vae
     result["kl_scale"] = torch.tensor(kl_scale)
@@ -416,18 +446,27 @@ def picture_inputs(params: TrainParams, seed: int, train_images: np.ndarray, val
 def train(
     train_images: np.ndarray, val_images: np.ndarray, params: TrainParams, image_size: int, seed: int,
     checkpoint_path: Path, callbacks: TrainingCallbacks | None = None, max_seconds: float = 0.0,
+    distributed: Distributed | None = None,
 ) -> TrainResult:
     """Train (or resume) the VAE-GAN on uint8 NHWC arrays; writes ``checkpoint_path``.
 
     ``max_seconds`` (0 = off) stops after that much wall time, for equal-time comparisons.
+
+    With ``distributed`` (this process is one rank of a data-parallel run, from
+    :func:`alphagan.distributed.start`), ``params.batch_size`` is the global batch: each
+    step this rank reads only its shard of the global batch's rows of the epoch's
+    permutation (which depends on (seed, epoch) alone), and draws its noise from the
+    generator seeded by (seed, rank, step). All ranks load the same checkpoint to resume;
+    only rank 0 writes checkpoints and reports through ``callbacks`` (other ranks' are ignored).
     """
-    callbacks = callbacks or TrainingCallbacks()
+    main = distributed is None or distributed.is_main
+    callbacks = (callbacks if main else None) or TrainingCallbacks()
     if train_images.ndim != 4 or train_images.shape[1:] != (image_size, image_size, 3) or train_images.dtype != np.uint8:
         raise TrainingError(f"training data must be uint8 (N, {image_size}, {image_size}, 3), got {train_images.dtype} {train_images.shape}")
     count = len(train_images)
     if count == 0:
         raise TrainingError("training data is empty")
-    device = select_device(params.device)
+    device = distributed.device if distributed else select_device(params.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -435,16 +474,26 @@ def train(
     autocast = autocast_for(device, params.precision)
     model = seeded_model(params, image_size, seed, device)
 
-    batch_size = min(params.batch_size, count)
+    batch_size = min(params.batch_size, count)  # the global batch
+    rank_batch = per_rank_batch(batch_size, distributed.world_size) if distributed else batch_size
     steps_per_epoch = count // batch_size
     total_steps = training_steps(params, count)
-    print(f"train: {total_steps} steps of {batch_size} images = {total_steps * batch_size / 1000:g} kimg = "
-          f"{total_steps / steps_per_epoch:.4g} epochs of {count} images"
-          f"{' (from train.kimg)' if params.kimg else ''}{' (capped by train.max_steps)' if params.max_steps and params.max_steps < total_steps else ''}",
-          file=sys.stderr)
-    for warning in plan_warnings(params, count, total_steps):
-        print(f"train: warning: {warning}", file=sys.stderr)
+    if main:
+        shared = f" ({rank_batch} on each of {distributed.world_size} processes)" if distributed else ""
+        print(f"train: {total_steps} steps of {batch_size} images{shared} = {total_steps * batch_size / 1000:g} kimg = "
+              f"{total_steps / steps_per_epoch:.4g} epochs of {count} images"
+              f"{' (from train.kimg)' if params.kimg else ''}{' (capped by train.max_steps)' if params.max_steps and params.max_steps < total_steps else ''}",
+              file=sys.stderr)
+        for warning in plan_warnings(params, count, total_steps):
+            print(f"train: warning: {warning}", file=sys.stderr)
     fixed_latent, val_batch = picture_inputs(params, seed, train_images, val_images, device)
+    networks = [model.encoder, model.decoder, model.discriminator]
+
+    def checkpoint(step: int, epoch: int) -> None:
+        if distributed:  # rank 0's file stands for every rank's model: check that it does
+            distributed.check_in_sync(networks, step)
+        if main:
+            save_checkpoint(checkpoint_path, model, step, epoch, hyperparameters)
 
     step = 0
     hyperparameters = checkpoint_hyperparameters(params, seed)
@@ -455,8 +504,10 @@ def train(
         step = int(state["step"])
         callbacks.on_resume(step)
         del state
+    if distributed:  # after any resume: batch norm over the global batch, rank 0's weights everywhere
+        distributed.prepare(networks)
 
-    bar = progress(total=total_steps, initial=step, desc="train", unit="step")
+    bar = progress(total=total_steps, initial=step, desc="train", unit="step", enabled=main)
     window_start, window_images = time.perf_counter(), 0
     images_per_second = 0.0
     last: dict[str, float] = {}
@@ -464,20 +515,29 @@ def train(
     order_epoch, order = -1, np.empty(0, dtype=np.int64)
     started = time.perf_counter()
     while step < total_steps:
-        if max_seconds and time.perf_counter() - started >= max_seconds:
+        out_of_time = bool(max_seconds) and time.perf_counter() - started >= max_seconds
+        if distributed and max_seconds:  # rank 0's clock is not rank 1's: stop together
+            out_of_time = distributed.any(out_of_time)
+        if out_of_time:
             total_steps = step  # the budget is spent: finish as if this were the last step
             break
         epoch, offset = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
             # The order of epoch e depends only on (seed, e): resuming mid-epoch needs no saved state.
             order_epoch, order = epoch, np.random.default_rng([seed, epoch]).permutation(count)
-        rows = np.sort(order[offset * batch_size:(offset + 1) * batch_size])
-        real = to_tensor(train_images[rows], device)
-        named = train_step(model, real, params, step, autocast)
+        rows = order[offset * batch_size:(offset + 1) * batch_size]
+        if distributed:
+            rows = distributed.shard(rows)
+            torch.manual_seed(distributed.step_seed(seed, step))  # DiffAugment draws from it too
+            noise = latent_noise(rank_batch, params.latent_dim, device)
+            real = to_tensor(train_images[np.sort(rows)], device)
+            named = train_step(model, real, params, step, autocast, noise=noise, distributed=distributed)
+        else:  # the single-process call, as before (wrappers of train_step in tests rely on it)
+            named = train_step(model, to_tensor(train_images[np.sort(rows)], device), params, step, autocast)
         step += 1
         window_images += batch_size
         bar.update(1)
-        if step % params.log_every == 0 or step == total_steps:
+        if main and (step % params.log_every == 0 or step == total_steps):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             elapsed = time.perf_counter() - window_start
@@ -494,11 +554,13 @@ def train(
             bar.set_postfix(d=f"{last['loss_d']:.3f}", vae=f"{last['loss_vae']:.3f}", ips=f"{images_per_second:.0f}")
             window_start, window_images = time.perf_counter(), 0
         if step % params.checkpoint_every == 0 and step < total_steps:
-            save_checkpoint(checkpoint_path, model, step, epoch, hyperparameters)
-        if step % steps_per_epoch == 0 or step == total_steps:
+            checkpoint(step, epoch)
+        if main and (step % steps_per_epoch == 0 or step == total_steps):
             callbacks.on_images(step, epoch, epoch_images(model, fixed_latent, val_batch))
     bar.close()
-    save_checkpoint(checkpoint_path, model, step, step // steps_per_epoch, hyperparameters)
+    checkpoint(step, step // steps_per_epoch)
+    if distributed:  # no rank returns before the final checkpoint is on disk (another run may resume from it)
+        distributed.barrier()
     return TrainResult(step=step, epoch=step // steps_per_epoch, device=str(device), images_per_second=images_per_second,
                        images_shown=step * batch_size,
                        peak_memory_bytes=peak_memory_bytes(device), final_losses=last)
