@@ -35,6 +35,7 @@ bench: setup
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/scale.py
 	$(BIN)/python benchmarks/evaluate.py
+	$(BIN)/python benchmarks/memmap_read.py
 
 # Experiments side by side: the params that differ and the validated metrics with their
 # floors, fitted to 160 columns (src/alphagan/experiments.py; `dvc exp show` has ~70 columns).

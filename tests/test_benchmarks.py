@@ -15,6 +15,7 @@ SMALL_RUNS = {
     "train.py": ["--size", "16", "--batch", "8", "--width", "8", "--steps", "2", "--rounds", "2"],
     "scale.py": ["--size", "16", "--batch", "8", "--width", "8", "--nproc", "2", "--steps", "2", "--rounds", "2", "--device", "cpu"],
     "evaluate.py": ["--images", "20", "--size", "32", "--dim", "64", "--rounds", "2"],
+    "memmap_read.py": ["--images", "300", "--sizes", "16,32", "--batch", "8", "--batches", "5", "--rounds", "2"],
 }
 
 
