@@ -145,12 +145,14 @@ def run_stage(stage: str, project: Path, env: dict[str, str], timeout: float = 3
 
 
 def one_error_line(done: subprocess.CompletedProcess, stage: str) -> str:
-    """The stage failed with exactly one line on stderr, ``<stage>: error: ...``, and no traceback."""
+    """The stage failed with one error line, ``<stage>: error: ...``, last on stderr, and no
+    traceback (the stage's own notes, such as train's length line, may come before it)."""
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "Traceback" not in done.stderr and len(lines) == 1, done.stderr
-    assert lines[0].startswith(f"{stage}: error: the MLflow tracking server http://127.0.0.1:"), lines[0]
-    return lines[0]
+    errors = [line for line in lines if "error" in line.lower()]
+    assert "Traceback" not in done.stderr and errors == lines[-1:], done.stderr
+    assert lines[-1].startswith(f"{stage}: error: the MLflow tracking server http://127.0.0.1:"), lines[-1]
+    return lines[-1]
 
 
 def run_id_of(project: Path) -> str:
