@@ -21,6 +21,7 @@ from pipelines.train import train_outputs
 def run(params: Params) -> None:
     from alphagan import tracking
 
+    tracking.check_server()  # a team server that is down: one line before minutes of scoring
     trained = train_outputs(params)
     reports = Path(params.paths.reports) / "evaluate"
     reports.mkdir(parents=True, exist_ok=True)
@@ -51,8 +52,15 @@ def run(params: Params) -> None:
         {**{k.removeprefix("eval/"): v for k, v in numbers.items()}, "validated_metrics": list(VALIDATED_METRICS),
          "reference": reference, "reference_note": reference_note,
          "warnings": warnings, "inception_note": note, "run_id": run_info["run_id"]}, indent=2))
+    with tracking.lost_server_is_one_line():  # the server went away while scoring: one line
+        log_evaluation(tracking, params, run_info["run_id"], reports, trained, numbers, pictures, note, warnings,
+                       reference, reference_note)
+
+
+def log_evaluation(tracking, params: Params, run_id: str, reports: Path, trained: dict[str, Path], numbers: dict,
+                   pictures: dict, note: str, warnings: str, reference: str, reference_note: str) -> None:
+    """The scores, pictures and description into the training's MLflow run; the champion alias."""
     tracking.use_experiment(params.train.experiment_name)
-    run_id = run_info["run_id"]
     tracking.log_metrics({k: float(v) for k, v in numbers.items()}, run_id=run_id)
     tracking.set_tags({"eval_inception_note": note, "eval_warnings": warnings, "eval_reference": reference,
                        "eval_reference_note": reference_note}, run_id=run_id)

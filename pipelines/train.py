@@ -158,6 +158,8 @@ def run_main(params: Params, world: distributed.Distributed | None) -> None:
     """Everything a single process does, and what rank 0 does in a data-parallel run."""
     from alphagan import tracking  # mlflow loads only in the stages that log
 
+    tracking.check_server()  # a team server that is down: one line now, not after the data is loaded
+    started = time.time()
     outputs = train_outputs(params)
     outputs["metrics"].parent.mkdir(parents=True, exist_ok=True)
     prepared = Path(params.paths.prepared)
@@ -166,9 +168,9 @@ def run_main(params: Params, world: distributed.Distributed | None) -> None:
     processes = world.world_size if world else 1
     # Misuse of resume (no checkpoint, changed hyper-parameters) stops before an MLflow run opens.
     check_resume(outputs["checkpoint"], params.train, params.data.image_size, params.seed)
-    previous_run = None
-    if params.train.resume and outputs["run"].exists():
-        previous_run = json.loads(outputs["run"].read_text())["run_id"]
+    # The workspace's last run: continued when resuming, else closed honestly if it never finished.
+    last_run = json.loads(outputs["run"].read_text()).get("run_id") if outputs["run"].exists() else None
+    previous_run = last_run if params.train.resume else None
     # What DVC itself writes during a run is not "dirty code": dvc.lock, the params file
     # (`dvc exp run -S` edits it; the values are the run's params) and the outputs.
     managed = ["dvc.lock", "params.yaml", *(getattr(params.paths, name) for name in type(params.paths).model_fields)]
@@ -179,11 +181,48 @@ def run_main(params: Params, world: distributed.Distributed | None) -> None:
         "device": device_name(device), "processes": str(processes), "torch_version": torch.__version__,
         "data_source": params.data.source,
     }
-    experiment_id = tracking.use_experiment(params.train.experiment_name)
-    tracking.link_dvc_experiments(outputs["metrics"])  # earlier experiments, committed by DVC since
+    try:
+        with tracking.lost_server_is_one_line():
+            experiment_id = tracking.use_experiment(params.train.experiment_name)
+            tracking.link_dvc_experiments(outputs["metrics"])  # earlier experiments, committed by DVC since
+            last_state = tracking.run_state(last_run)
+        run_id, result = track_training(params, outputs, tags, experiment_id, previous_run, last_run, last_state,
+                                        train_images, val_images, device, world)
+    except tracking.TrackingServerUnavailable as exc:
+        raise tracking.TrackingServerUnavailable(
+            f"{exc}; {checkpoint_note(outputs['checkpoint'], None if params.train.resume else started)}") from None
+    print(f"train: {result.step} steps on {result.device}{f' x {processes}' if processes > 1 else ''}, "
+          f"{result.images_per_second:.0f} img/s; MLflow run {run_id} at {tracking.display_uri()}")
+
+
+def checkpoint_note(checkpoint: Path, written_since: float | None) -> str:
+    """What a user can do after the tracking server went away: resume from the checkpoint
+    (when it belongs to this run: written since ``written_since``, or any when resuming)."""
+    from alphagan.training import TrainingError, load_checkpoint
+
+    try:
+        if written_since is not None and checkpoint.stat().st_mtime < written_since:
+            raise TrainingError("an earlier run's checkpoint")
+        step = load_checkpoint(checkpoint)["step"]
+    except (TrainingError, OSError):
+        return "no checkpoint of this run was written yet: run the stage again once the server answers"
+    return (f"{checkpoint} holds step {step}: once the server answers, continue the same run with "
+            "train.resume: true (dvc exp run -S train.resume=true)")
+
+
+def track_training(params: Params, outputs: dict[str, Path], tags: dict[str, str], experiment_id: str,
+                   previous_run: str | None, last_run: str | None, last_state, train_images, val_images, device,
+                   world: distributed.Distributed | None):
+    """Train inside one MLflow run (reopened when resuming); returns its id and the training result.
+    In a data-parallel run this is rank 0 (``world``); the other ranks train without tracking."""
+    from alphagan import tracking
+
+    processes = world.world_size if world else 1
+
     run_name = os.environ.get("DVC_EXP_NAME") or None
-    with tracking.start_run(experiment_id, run_name, tags, resume_run_id=previous_run) as active:
+    with tracking.tracked_run(experiment_id, run_name, tags, resume_run_id=previous_run) as active:
         run_id = active.info.run_id
+        tracking.settle_previous_run(last_run, last_state, run_id)
         # The tracking URI may carry a token (user:token@host, ?token=): only its redacted form is stored.
         atomic.write_text(outputs["run"], json.dumps({"run_id": run_id, "experiment_id": experiment_id,
                                                       "tracking_uri": tracking.display_uri()}, indent=2))
@@ -227,9 +266,7 @@ def run_main(params: Params, world: distributed.Distributed | None) -> None:
                    **{k: round(v, 6) for k, v in result.final_losses.items()},
                    "run_id": run_id, "generator_uri": generator_uri, "encoder_uri": encoder_uri}
         atomic.write_text(outputs["metrics"], json.dumps(redact_mapping(metrics), indent=2))
-    print(f"train: {result.step} steps on {result.device}{f' x {processes}' if processes > 1 else ''}, "
-          f"{result.images_per_second:.0f} img/s; "
-          f"MLflow run {run_id} at {tracking.display_uri()}")
+    return run_id, result
 
 
 def main(argv=None) -> int:

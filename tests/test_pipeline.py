@@ -57,7 +57,8 @@ def test_validate_fails_clearly_over_reject_fraction(write_params, tmp_path, cap
 
 
 def git_copy_of_repo(target: Path) -> dict:
-    """The tracked files of this repo in a fresh git repository with one commit; returns its env."""
+    """The tracked files of this repo in a fresh git repository (no commit yet); returns its env,
+    in which the stages import the copy's own code (pipelines/ and src/), not an installed one."""
     files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True).stdout.decode().split("\0")
     for name in filter(None, files):
         if (REPO_ROOT / name).is_file():
@@ -65,7 +66,7 @@ def git_copy_of_repo(target: Path) -> dict:
             shutil.copy2(REPO_ROOT / name, target / name)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@example.invalid",
            "GIT_COMMITTER_NAME": "ci", "GIT_COMMITTER_EMAIL": "ci@example.invalid", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "PYTHONPATH": str(target)}
+           "PYTHONPATH": os.pathsep.join([str(target), str(target / "src")])}
     subprocess.run(["git", "init", "-q"], cwd=target, check=True, env=env)
     return env
 

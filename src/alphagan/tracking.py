@@ -4,6 +4,12 @@ Store: ``sqlite:///<root>/mlflow.db`` with artifacts under ``<root>/artifacts`` 
 ``mlruns/`` in the repo), unless ``MLFLOW_TRACKING_URI`` points at a team server.
 Browse it from the project root with ``mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db``.
 
+A team server (``MLFLOW_TRACKING_URI=http(s)://...``) can be down when a stage starts, or go
+away in the middle of a run: :func:`check_server` and :func:`tracked_run` turn both into one
+:class:`TrackingServerUnavailable` line, and a run that could not be closed (the server was
+gone) is closed by the next train stage (:func:`settle_previous_run`), so no run stays
+RUNNING without a note.
+
 Portable: MLflow records every artifact location as an absolute path, so a copied or moved
 project would point at the old place. :func:`use_experiment` rewrites the store's locations
 relative to the working directory (``mlruns/artifacts/<run>/artifacts``), which is the
@@ -12,10 +18,12 @@ project root for every stage and for ``make ui``; MLflow resolves them there on 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import os
+import re
 import sqlite3
 import subprocess
 import time
@@ -59,6 +67,184 @@ def tracking_uri(root: str | Path = "mlruns") -> str:
 def display_uri(root: str | Path = "mlruns") -> str:
     """The tracking URI as it may be shown or stored: credentials masked (``user:***@``, ``token=***``)."""
     return redact(redact_uri(tracking_uri(root)))
+
+
+# ---------------------------------------------------------------------------------------
+# A tracking server: reachable, or one line that says why not.
+
+
+class TrackingServerUnavailable(AlphaGanError):
+    """The MLflow tracking server named by ``MLFLOW_TRACKING_URI`` does not answer."""
+
+
+def remote_server() -> str | None:
+    """``MLFLOW_TRACKING_URI`` when it names an HTTP(S) tracking server, else None."""
+    uri = _user_tracking_uri()
+    return uri if uri and uri.split(":", 1)[0].lower() in ("http", "https") else None
+
+
+@contextlib.contextmanager
+def _one_try(timeout_s: int = 10):
+    """MLflow's HTTP client retries a failed request 7 times with exponential backoff (about
+    4 minutes: ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``); a probe, or closing a run on a server
+    that just failed, asks once. MLflow reads these variables on every request."""
+    names = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _reason(exc: BaseException) -> str:
+    """The few words of a failed request that say why (MLflow's message is a 400-character
+    wrapper around urllib3's)."""
+    text = str(exc)
+    for pattern in (r"\[Errno -?\d+\] [^\"')]+", r"[Rr]ead timed out", r"[Cc]onnection (?:aborted|reset)[^\"')]*",
+                    r"error code \d+ != 200", r"timed out"):
+        if (match := re.search(pattern, text)):
+            return redact(match.group(0).strip().rstrip("."))
+    return _first_line(exc)[:300]
+
+
+def server_problem() -> str | None:
+    """Why the tracking server does not answer, in a few words; None when it does (or when
+    the store is not a server). One request, no retries, 10 s at most."""
+    uri = remote_server()
+    if uri is None:
+        return None
+    with _one_try():
+        try:
+            mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        except Exception as exc:  # noqa: BLE001 - MlflowException wrapping requests' errors, or those
+            return _reason(exc)
+    return None
+
+
+def _unavailable(reason: str) -> TrackingServerUnavailable:
+    return TrackingServerUnavailable(f"the MLflow tracking server {display_uri()} does not answer ({reason})")
+
+
+def check_server() -> None:
+    """Before a stage computes anything: the server named by ``MLFLOW_TRACKING_URI`` answers,
+    else :class:`TrackingServerUnavailable` (start it, or unset the variable for the project's store)."""
+    if (reason := server_problem()) is not None:
+        raise TrackingServerUnavailable(f"{_unavailable(reason)}: start it, or unset MLFLOW_TRACKING_URI "
+                                        "to log to the project's own store (mlruns/)")
+
+
+def lost_server(exc: BaseException) -> TrackingServerUnavailable | None:
+    """The one-line error for ``exc`` when it came from a tracking server that no longer
+    answers (asked once, now); None for anything else (a bug keeps its traceback)."""
+    if not isinstance(exc, Exception) or isinstance(exc, AlphaGanError) or remote_server() is None:
+        return None
+    reason = server_problem()
+    return None if reason is None else _unavailable(reason)
+
+
+@contextlib.contextmanager
+def lost_server_is_one_line():
+    """Inside: an error because the tracking server went away becomes :class:`TrackingServerUnavailable`."""
+    try:
+        yield
+    except Exception as exc:
+        if (lost := lost_server(exc)) is not None:
+            raise lost from None
+        raise
+
+
+#: Tags that say how a run ended when it did not finish, and how it continued.
+STOP_TAG, RESUME_TAG = "stop_note", "resume_note"
+
+
+def _close_failed(run_id: str, note: str) -> None:
+    """Mark the active run FAILED with ``note`` (tag and description); one try each, so a
+    gone server costs seconds, not MLflow's 4 minutes of retries. Always leaves no active run."""
+    with _one_try():
+        try:
+            client = mlflow.MlflowClient()
+            client.set_tag(run_id, STOP_TAG, redact(note))
+            client.set_tag(run_id, "mlflow.note.content", redact(f"**Stopped before the end:** {note}\n"))
+        except Exception:  # noqa: BLE001 - the server is gone: settle_previous_run closes it later
+            pass
+        try:
+            mlflow.end_run("FAILED")  # pops the run first, then tells the server
+        except Exception:  # noqa: BLE001
+            pass
+
+
+@contextlib.contextmanager
+def tracked_run(experiment_id: str, run_name: str | None, tags: dict[str, str], resume_run_id: str | None = None):
+    """:func:`start_run` as a context manager that records how the run ended.
+
+    An exception inside marks the run FAILED with a ``stop_note`` tag saying why; when the
+    cause is a tracking server that went away (nothing can be recorded then), it becomes
+    :class:`TrackingServerUnavailable` and the run, still RUNNING on the server, is closed
+    or continued by the next train stage (:func:`settle_previous_run`).
+    """
+    active = start_run(experiment_id, run_name, tags, resume_run_id)
+    try:
+        yield active
+    except BaseException as exc:
+        lost = lost_server(exc)
+        if lost is not None:
+            note = f"{lost}"
+        elif isinstance(exc, KeyboardInterrupt):
+            note = "interrupted (Ctrl-C)"
+        else:
+            note = f"{type(exc).__name__}: {_first_line(exc)}"
+        _close_failed(active.info.run_id, note)
+        if lost is not None:
+            raise lost from None
+        raise
+    mlflow.end_run()
+
+
+def run_state(run_id: str | None) -> tuple[str, str | None] | None:
+    """``(status, stop_note)`` of a run, None when there is none (no id, or a reset store).
+    Read before :func:`tracked_run` reopens it: reopening sets RUNNING."""
+    if not run_id:
+        return None
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return None
+    return run.info.status, run.data.tags.get(STOP_TAG)
+
+
+def settle_previous_run(previous_run_id: str | None, state: tuple[str, str | None] | None, current_run_id: str) -> str | None:
+    """Give the run of the workspace's previous train stage (``run.json``) an honest end;
+    ``state`` is its :func:`run_state` from before this run started.
+
+    Resumed (the same run) after an interruption (it was left RUNNING, or has a ``stop_note``):
+    a ``resume_note`` says so and the ``stop_note`` goes. Replaced by a new run while still
+    RUNNING (its stage was killed, or lost its server and could not close it): it is marked
+    FAILED with a ``stop_note`` naming the new run. DVC runs one stage at a time in a
+    workspace, so a RUNNING run named there is not running. Returns what was done, or None.
+    """
+    if state is None:
+        return None
+    status, note = state
+    client = mlflow.MlflowClient()
+    if previous_run_id == current_run_id:
+        if status != "RUNNING" and note is None:
+            return None
+        why = note or "left RUNNING: its train stage was stopped (killed, or its tracking server went away)"
+        client.set_tag(current_run_id, RESUME_TAG, redact(f"stopped once ({why}); resumed from the last checkpoint"))
+        if note is not None:
+            client.delete_tag(current_run_id, STOP_TAG)
+        return "resumed"
+    if status != "RUNNING":
+        return None
+    why = note or "never finished: its train stage was stopped (killed, or its tracking server went away)"
+    client.set_tag(previous_run_id, STOP_TAG, redact(f"{why}; not resumed: superseded by run {current_run_id}"))
+    client.set_terminated(previous_run_id, "FAILED")
+    return "closed"
 
 
 def use_experiment(name: str, root: str | Path = "mlruns") -> str:
