@@ -104,6 +104,7 @@ def test_queued_experiments_run_in_parallel_into_the_project_store(tmp_path):
 
     # Every run in the original project's store, none left behind in a temporary workspace.
     assert not list((project / ".dvc/tmp/exps").rglob("mlflow.db"))
+    assert (project / "mlruns/mlflow.db").is_file(), "no MLflow store in the project: the runs went to the temporary workspaces"
     with sqlite3.connect(project / "mlruns/mlflow.db") as db:
         runs = {name: (run_id, status, uri) for run_id, name, status, uri in
                 db.execute("SELECT run_uuid, name, status, artifact_uri FROM runs")}
@@ -119,3 +120,33 @@ def test_queued_experiments_run_in_parallel_into_the_project_store(tmp_path):
             assert ".dvc/tmp" not in artifact_uri, artifact_uri
             artifacts = project / "mlruns/artifacts" / run_id / "artifacts"
             assert (artifacts / "evaluate/metrics.json").is_file(), sorted(p.name for p in artifacts.rglob("*"))
+
+
+_OPEN_AND_LOG = """
+import os, sys, time
+os.chdir(sys.argv[1])
+from alphagan import tracking
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all processes open the store together
+experiment_id = tracking.use_experiment("alpha-gan")
+import mlflow
+with mlflow.start_run(experiment_id=experiment_id):
+    for step in range(20):
+        mlflow.log_metrics({"train/a": step, "train/b": -step}, step=step)
+"""
+
+
+@pytest.mark.slow
+def test_processes_creating_the_store_at_once_all_succeed(tmp_path):
+    """Without the lock in use_experiment, 3-4 of 4 such processes failed here (schema
+    migrations raced: sqlite OperationalError, alembic 'expected to match one row')."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    start = time.time() + 15
+    processes = [subprocess.Popen([sys.executable, "-c", _OPEN_AND_LOG, str(tmp_path), str(start)], env=env,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    errors = [process.communicate(timeout=180)[1] for process in processes]
+    failed = [error.strip().splitlines()[-1] for process, error in zip(processes, errors) if process.returncode]
+    assert not failed, failed
+    with sqlite3.connect(tmp_path / "mlruns/mlflow.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM runs WHERE status = 'FINISHED'").fetchone()[0] == 4
+        assert db.execute("SELECT COUNT(*) FROM experiments WHERE name = 'alpha-gan'").fetchone()[0] == 1
