@@ -34,6 +34,11 @@ from typing import Any
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # Windows: no parallel DVC queue workers to guard against
+    fcntl = None
+
 from alphagan.errors import AlphaGanError
 from alphagan.redaction import redact, redact_mapping, redact_uri
 from alphagan.training import TrainingCallbacks
@@ -60,8 +65,8 @@ def _user_tracking_uri() -> str | None:
 
 
 def tracking_uri(root: str | Path = "mlruns") -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else the project's sqlite store under ``root``."""
-    return _user_tracking_uri() or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+    """``MLFLOW_TRACKING_URI`` if set, else the project's sqlite store under ``root`` (see :func:`store_root`)."""
+    return _user_tracking_uri() or f"sqlite:///{store_root(root).resolve() / 'mlflow.db'}"
 
 
 def display_uri(root: str | Path = "mlruns") -> str:
@@ -247,28 +252,102 @@ def settle_previous_run(previous_run_id: str | None, state: tuple[str, str | Non
     return "closed"
 
 
+def dvc_temp_workspace(cwd: str | Path = ".") -> Path | None:
+    """The original project's root when ``cwd`` is a DVC temporary experiment workspace, else None.
+
+    ``dvc exp run --temp`` and ``dvc queue start`` run the stages in a copy of the project
+    under ``<project>/.dvc/tmp/exps/`` that DVC deletes afterwards; DVC sets ``DVC_ROOT`` to
+    the original project for them (dvc/repo/experiments/queue/base.py). A store opened there
+    would be deleted with it. Both conditions are checked, so a stray ``DVC_ROOT`` does nothing.
+    """
+    root = os.environ.get("DVC_ROOT")
+    if not root:
+        return None
+    project, here = Path(root).resolve(), Path(cwd).resolve()
+    return project if here.is_relative_to(project / ".dvc" / "tmp" / "exps") else None
+
+
+def store_root(root: str | Path = "mlruns") -> Path:
+    """Where the project's store is: ``root``, or the original project's in a DVC temporary workspace."""
+    project = dvc_temp_workspace()
+    return project / root if project is not None and not Path(root).is_absolute() else Path(root)
+
+
+def _share_project_store(root: str | Path) -> None:
+    """In a DVC temporary workspace, make ``<root>/artifacts`` a link to the original project's.
+
+    The database is opened at its real path (:func:`store_root`; sqlite keeps its journal
+    beside the path it is given, so never through a link). The artifacts go through a link:
+    the store records their locations relative to the project root (see
+    :func:`make_store_portable`) and MLflow resolves them against the working directory, so
+    through the link every artifact and model lands in the original project's store.
+    DVC's clean-up removes the link, not what it points at.
+    """
+    project = dvc_temp_workspace()
+    if project is None or Path(root).is_absolute():
+        return
+    link, target = Path(root) / "artifacts", (project / root / "artifacts").resolve()
+    target.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() and link.resolve() == target:
+        return
+    if link.exists() or link.is_symlink():
+        raise AlphaGanError(f"{link.resolve()} exists in DVC's temporary workspace; remove it so artifacts go to {target}")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target, target_is_directory=True)
+
+
+@contextlib.contextmanager
+def _store_lock(root: str | Path | None):
+    """An exclusive lock on the project's store while it is created or its experiment is.
+
+    Parallel experiments (``dvc queue start -j 2``) open one sqlite file at once: MLflow
+    waits on a busy database for writes (busy_timeout 20 s), but two processes that find no
+    tables both run the schema migrations, and two that find no experiment both create it;
+    the loser fails. ``None`` (a team server) needs no lock.
+    """
+    if root is None or fcntl is None:
+        yield
+        return
+    lock_dir = Path(root).resolve()
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def use_experiment(name: str, root: str | Path = "mlruns") -> str:
     """Point MLflow at the store and return the experiment id, creating it (artifacts under root).
 
     The project's own store is made portable first (see :func:`make_store_portable`), so
-    every run and model logged after this records a relative artifact location.
+    every run and model logged after this records a relative artifact location. In a DVC
+    temporary workspace the store is the original project's (see :func:`_share_project_store`).
     """
     # Once, the check came after set_tracking_uri (which exports the variable): the project's
     # store looked like a team server's, and its experiment got MLflow's default location
     # (mlruns/<id>, absolute) instead of mlruns/artifacts.
     local = _user_tracking_uri() is None
+    if local:
+        _share_project_store(root)
+    with _store_lock(store_root(root) if local else None):
+        return _use_experiment(name, root, local)
+
+
+def _use_experiment(name: str, root: str | Path, local: bool) -> str:
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
     if local:
         _OWN_URIS.add(uri)
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
-        artifact_location = (Path(root).resolve() / "artifacts").as_uri() if local else None
+        artifact_location = (store_root(root).resolve() / "artifacts").as_uri() if local else None
         experiment_id = mlflow.create_experiment(name, artifact_location=artifact_location)
     else:
         experiment_id = experiment.experiment_id
     if local:
-        make_store_portable(root)
+        make_store_portable(store_root(root))
     return experiment_id
 
 
@@ -383,7 +462,8 @@ def link_dvc_experiments(metrics_json: str | Path, cwd: str | Path = ".") -> dic
     {run_id: commit} for the runs tagged now.
     """
     top = _git(cwd, "rev-parse", "--show-toplevel")
-    refs = _git(cwd, "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps")
+    project = dvc_temp_workspace(cwd) or cwd  # a temporary workspace's git holds no refs/exps
+    refs = _git(project, "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps")
     if not top or not refs:
         return {}
     relative = os.path.relpath(Path(metrics_json).resolve(), Path(top.strip()).resolve())
@@ -391,7 +471,7 @@ def link_dvc_experiments(metrics_json: str | Path, cwd: str | Path = ".") -> dic
     linked = {}
     for line in refs.splitlines():
         commit, _, ref = line.partition(" ")
-        shown = _git(cwd, "show", f"{commit}:{relative}")
+        shown = _git(project, "show", f"{commit}:{relative}")
         try:
             run_id = json.loads(shown or "")["run_id"]
             run = client.get_run(run_id)
