@@ -13,12 +13,12 @@ from __future__ import annotations
 import errno
 import os
 from functools import partial
-from multiprocessing import Pool
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from alphagan.processes import process_pool
 from alphagan.progress import progress
 
 from alphagan import atomic
@@ -115,7 +115,7 @@ def load_arrays(root: Path, outputs: dict[Path, list[str]], size: int, params: P
                 for job in jobs:
                     bar.update(work(job))
             else:
-                with Pool(workers) as pool:
+                with process_pool(workers) as pool:
                     for done in pool.imap_unordered(work, jobs):
                         bar.update(done)
     except PrepareError as exc:

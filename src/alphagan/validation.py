@@ -15,11 +15,11 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from multiprocessing import Pool
 from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
+from alphagan.processes import process_pool
 from alphagan.progress import progress
 
 from alphagan import atomic
@@ -90,7 +90,7 @@ def scan_images(root: Path, params: ValidateParams, workers: int = 0,
                 alongside()
         else:
             # The pool is forked before the thread starts: no child inherits a half-done import.
-            with Pool(workers) as pool, ThreadPoolExecutor(max_workers=1) as side:
+            with process_pool(workers) as pool, ThreadPoolExecutor(max_workers=1) as side:
                 beside = side.submit(alongside) if alongside is not None else None
                 rows = list(progress(pool.imap(work, paths, chunksize=32), total=len(paths), desc="scan", unit="file"))
                 if beside is not None:

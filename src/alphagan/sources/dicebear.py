@@ -11,10 +11,10 @@ import json
 import os
 from functools import cache
 from importlib.resources import files
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
+from alphagan.processes import process_pool
 from alphagan.progress import progress
 
 from alphagan.sources import SourceError
@@ -89,7 +89,7 @@ def render_avatars(params, image_size: int, seed: int, out_dir: Path, workers: i
         (out_dir / style).mkdir(parents=True, exist_ok=True)
     jobs = [(i, styles[i % len(styles)], seed, image_size, str(out_dir)) for i in range(params.count)]
     workers = workers or os.cpu_count() or 1
-    with Pool(workers) as pool:
+    with process_pool(workers) as pool:
         for _ in progress(pool.imap_unordered(_render_one, jobs, chunksize=64), total=len(jobs), desc="render dicebear", unit="img"):
             pass
     return len(jobs)
