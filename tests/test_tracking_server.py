@@ -42,11 +42,13 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    """``mlflow server`` in its own process group: sqlite under ``root``, artifacts served
-    from ``root/artifacts`` (``--artifacts-destination``); stop() and start() again keep the data."""
+    """``mlflow server`` in its own process group: sqlite under ``root`` (or the database at
+    ``backend_store_uri``), artifacts served from ``root/artifacts`` (``--artifacts-destination``);
+    stop() and start() again keep the data."""
 
-    def __init__(self, root: Path, port: int | None = None):
+    def __init__(self, root: Path, port: int | None = None, backend_store_uri: str | None = None):
         self.root, self.port = root, port or free_port()
+        self.backend_store_uri = backend_store_uri or f"sqlite:///{root / 'mlflow.db'}"
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
         root.mkdir(parents=True, exist_ok=True)
@@ -56,7 +58,7 @@ class MlflowServer:
         env.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1")
         with open(self.root / "server.log", "ab") as log:
             self.process = subprocess.Popen(
-                [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+                [str(BIN / "mlflow"), "server", "--backend-store-uri", self.backend_store_uri,
                  "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
                  "--workers", "1"], cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + SERVER_START_S
@@ -90,6 +92,64 @@ class MlflowServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def postgres_bin_dir() -> Path | None:
+    """Where ``initdb`` and ``pg_ctl`` are: on PATH, or Debian's /usr/lib/postgresql/<version>/bin."""
+    on_path = shutil.which("initdb")
+    if on_path:
+        return Path(on_path).resolve().parent  # a link on PATH leads to the whole bin folder
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name)
+                   if p.parent.parent.name.isdigit() else 0)
+    return found[-1].parent if found else None
+
+
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (a free port, trust authentication), in a
+    fresh directory that is deleted on exit. PostgreSQL refuses to run as root, so as root
+    the cluster belongs to Debian's ``postgres`` system user."""
+
+    def __init__(self):
+        self.bin = postgres_bin_dir()
+        if self.bin is None:
+            pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql; .ci/run does this)")
+        self.as_user: list[str] = []
+        self.owner = None
+        if os.geteuid() == 0:
+            import pwd
+
+            try:
+                self.owner = pwd.getpwnam("postgres")
+            except KeyError:
+                pytest.skip("running as root and there is no 'postgres' user to run PostgreSQL as")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.port = free_port()
+        self.dir: Path | None = None
+
+    def run(self, *command: str) -> None:
+        done = subprocess.run([*self.as_user, *command], capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, f"{' '.join(command)}: {done.stdout}{done.stderr}"
+
+    def uri(self, database: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def __enter__(self) -> PostgresCluster:
+        import tempfile
+
+        self.dir = Path(tempfile.mkdtemp(prefix="alphagan-postgres-"))  # not under pytest's 0700 tmp: postgres must reach it
+        if self.owner is not None:
+            os.chown(self.dir, self.owner.pw_uid, self.owner.pw_gid)
+        data = self.dir / "data"
+        self.run(str(self.bin / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8")
+        self.run(str(self.bin / "pg_ctl"), "-D", str(data), "-l", str(self.dir / "server.log"), "-w", "-t", "120",
+                 "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.run(str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -283,3 +343,43 @@ def test_server_lost_mid_run_then_resumed_into_the_same_run(project, tmp_path):
         assert client.get_run(run_id_of(project)).info.status == "FINISHED"
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_a_postgres_backend_holds_runs_metrics_and_models(project, tmp_path):
+    """The team set-up's database: ``mlflow server`` on PostgreSQL (Debian's package, a
+    throwaway cluster). train and evaluate log through it as through sqlite, and the run, its
+    stepped metrics and the registered model are rows in Postgres, read back with SQL."""
+    import mlflow
+
+    # SQLAlchemy 2.1 reads postgresql:// with psycopg 3; the dev extras install it.
+    psycopg = pytest.importorskip("psycopg", reason="the PostgreSQL driver is in the dev extras (psycopg[binary])")
+    with PostgresCluster() as database:
+        database.run(str(database.bin / "createdb"), "-h", "127.0.0.1", "-p", str(database.port), "-U", "postgres", "mlflow")
+        with MlflowServer(tmp_path / "server", backend_store_uri=database.uri("mlflow")) as server:
+            env = stage_env(server.url)
+            trained = run_stage("train", project, env)
+            assert trained.returncode == 0, trained.stderr[-3000:]
+            scored = run_stage("evaluate", project, env)
+            assert scored.returncode == 0, scored.stderr[-3000:]
+            run_id = run_id_of(project)
+            client = mlflow.MlflowClient(tracking_uri=server.url)
+            total = json.loads((project / "reports/train/metrics.json").read_text())["steps"]
+            logged_steps = [s for s in range(1, total + 1) if s % 2 == 0 or s == total]  # log_every 2, and the last
+            assert [m.step for m in client.get_metric_history(run_id, "train/loss_d")] == logged_steps
+            assert client.get_model_version_by_alias(MODEL, "champion").run_id == run_id
+            evaluated = json.loads((project / "reports/evaluate/metrics.json").read_text())
+
+            with psycopg.connect(database.uri("mlflow")) as connection, connection.cursor() as cursor:
+                cursor.execute("SELECT status, experiment_id FROM runs WHERE run_uuid = %s", (run_id,))
+                [(status, experiment_id)] = cursor.fetchall()
+                assert status == "FINISHED"
+                cursor.execute("SELECT name FROM experiments WHERE experiment_id = %s", (experiment_id,))
+                assert cursor.fetchall() == [(EXPERIMENT,)]
+                cursor.execute("SELECT step FROM metrics WHERE run_uuid = %s AND key = 'train/loss_d' ORDER BY step", (run_id,))
+                assert [step for (step,) in cursor.fetchall()] == logged_steps
+                cursor.execute("SELECT value FROM metrics WHERE run_uuid = %s AND key = 'eval/swd_ratio'", (run_id,))
+                assert [value for (value,) in cursor.fetchall()] == [pytest.approx(evaluated["swd_ratio"])]
+                cursor.execute("SELECT name, version FROM model_versions WHERE run_id = %s ORDER BY name", (run_id,))
+                assert cursor.fetchall() == [(MODEL, 1), (f"{MODEL}-encoder", 1)]
+    assert not (tmp_path / "server" / "mlflow.db").exists() and not (project / "mlruns").exists()
