@@ -37,7 +37,6 @@ chosen deliberately:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib
 import os
@@ -52,6 +51,7 @@ import torch.distributed as dist
 from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+from alphagan.envvars import environment_set
 from alphagan.errors import AlphaGanError
 
 #: What torchrun sets in every worker; their presence means "already launched: do not relaunch".
@@ -287,20 +287,6 @@ def stop() -> None:
         dist.destroy_process_group()
 
 
-@contextlib.contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def launch(nproc: int, module: str, args: list[str]) -> None:
     """Run ``python -m module args`` in ``nproc`` processes on this machine, exactly as
     ``torchrun --standalone --nproc-per-node=nproc -m module args`` would (torchrun's own
@@ -319,7 +305,7 @@ def launch(nproc: int, module: str, args: list[str]) -> None:
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // nproc))
     arguments = get_args_parser().parse_args(
         ["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0", "--module", module, *args])
-    with _environment(PYTHONPATH=path, OMP_NUM_THREADS=threads):
+    with environment_set(PYTHONPATH=path, OMP_NUM_THREADS=threads):
         try:
             run(arguments)
         except ChildFailedError as exc:

@@ -39,6 +39,7 @@ try:
 except ImportError:  # Windows: no parallel DVC queue workers to guard against
     fcntl = None
 
+from alphagan.envvars import environment_set
 from alphagan.errors import AlphaGanError
 from alphagan.redaction import redact, redact_mapping, redact_uri
 from alphagan.training import TrainingCallbacks
@@ -93,17 +94,8 @@ def _one_try(timeout_s: int = 10):
     """MLflow's HTTP client retries a failed request 7 times with exponential backoff (about
     4 minutes: ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``); a probe, or closing a run on a server
     that just failed, asks once. MLflow reads these variables on every request."""
-    names = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
-    saved = {name: os.environ.get(name) for name in names}
-    os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)})
-    try:
+    with environment_set(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(timeout_s)):
         yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _reason(exc: BaseException) -> str:
