@@ -84,3 +84,73 @@ def test_few_shot_images_only_writes_the_character_set(tmp_path):
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [f"character-{i:03d}.png" for i in range(5)]
+
+
+def _load_benchmark(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", REPO_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_latent_prior_mixture_draws_from_the_fitted_clusters():
+    import numpy as np
+
+    latent_prior = _load_benchmark("latent_prior")
+    rng = np.random.default_rng(0)
+    centres = np.array([[-6.0, 0.0, 0.0], [6.0, 0.0, 0.0]])
+    codes = centres[rng.integers(2, size=2000)] + 0.5 * rng.standard_normal((2000, 3))
+    sources = latent_prior.fitted_sources(codes, [2], count=4000, seed=0)
+    gaussian, mixture = sources["fitted Gaussian"], sources["mixture of 2 (full)"]
+    # One Gaussian covers the gap between the clusters (the "prior hole" of a VAE); the mixture does not.
+    assert np.allclose(gaussian.mean(axis=0), codes.mean(axis=0), atol=0.3)
+    assert np.allclose(np.cov(gaussian, rowvar=False), np.cov(codes, rowvar=False), atol=1.0)
+    assert (np.abs(gaussian[:, 0]) < 3).mean() > 0.15
+    assert (np.abs(mixture[:, 0]) < 3).mean() < 0.01
+    assert 0.45 < (mixture[:, 0] > 0).mean() < 0.55
+    assert not (np.diff(mixture[:, 0] > 0) == 0).all()  # shuffled: not grouped by component
+
+    # Fewer codes than dimensions (a small training set): a singular covariance still samples,
+    # and a mixture with more components than half the codes is skipped, not an error.
+    few = rng.standard_normal((6, 16))
+    small = latent_prior.fitted_sources(few, [2, 5], count=10, seed=0)
+    assert set(small) == {"fitted Gaussian", "mixture of 2 (diag)"} and small["fitted Gaussian"].shape == (10, 16)
+
+
+@pytest.mark.slow
+def test_latent_prior_benchmark_prints_its_table_and_writes_the_grids(real_faces, tmp_path):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from alphagan.config import parse_params
+    from alphagan.training import train
+    from tests.test_training import TINY_TRAIN
+
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    np.save(prepared / "train.npy", real_faces[:200])
+    np.save(prepared / "val.npy", real_faces[200:300])
+    params = parse_params({"data": {"image_size": 32}, "train": {**TINY_TRAIN, "max_steps": 10, "checkpoint_every": 10}})
+    torch.manual_seed(0)
+    train(real_faces[:200], real_faces[200:300], params.train, 32, 0, tmp_path / "checkpoint.pt")
+    out = tmp_path / "sheet.png"
+    done = subprocess.run([sys.executable, "benchmarks/latent_prior.py", "--checkpoint", str(tmp_path / "checkpoint.pt"),
+                           "--prepared", str(prepared), "--samples", "100", "--draws", "2", "--components", "2",
+                           "--out", str(out)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line for line in done.stdout.splitlines() if line.startswith("| ")}
+    assert set(rows) == {"latent codes from", "real images (floor)", "N(0, I) (the prior)", "fitted Gaussian",
+                         "mixture of 2 (full)", "posterior (ceiling)"}
+    assert "swd_ratio (validated)" in rows["latent codes from"]
+    floor_cells = rows["real images (floor)"].split("|")[2:-2]
+    assert floor_cells[0].split()[0] == "1.0000"  # swd_ratio's floor is 1 by construction
+    for name in ("N(0, I) (the prior)", "posterior (ceiling)"):
+        assert all("±" in cell for cell in rows[name].split("|")[2:-2])
+    assert "draws of 100 images a side against the val split (100 images)" in done.stdout
+    for metric in ("swd_ratio", "fd_random", "precision_random", "recall_random"):
+        assert f"{metric}: beyond both spreads better than N(0, I):" in done.stdout
+    sheet = Image.open(out)
+    assert 3.5 * sheet.size[1] < sheet.size[0] < 4.5 * sheet.size[1]  # four grids side by side: prior, Gaussian, mixture, posterior
