@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -31,6 +32,11 @@ def _sleep_at_exit() -> None:
 
 def _ignore_sigterm() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _pid_after_a_moment(_: int) -> int:
+    time.sleep(0.2)
+    return os.getpid()
 
 
 def _square(x: int) -> int:
@@ -103,6 +109,12 @@ def test_an_error_inside_the_block_still_ends_workers_that_ignore_sigterm(capsys
     with pytest.raises(ValueError, match="three"):
         with process_pool(2, initializer=_ignore_sigterm, exit_grace_s=1) as pool:
             workers = list(pool._pool)
+            # A worker runs its initializer before any task: once both have answered, both ignore SIGTERM.
+            # (forkserver workers start slower than forked ones; an early error would SIGTERM one still starting.)
+            answered, deadline = set(), time.monotonic() + 60
+            while len(answered) < 2 and time.monotonic() < deadline:
+                answered |= set(pool.map(_pid_after_a_moment, range(4), chunksize=1))
+            assert answered == {w.pid for w in workers}
             list(pool.imap(_fail_on_three, range(6)))
     assert time.monotonic() - started < 30
     assert [w.exitcode for w in workers] == [-signal.SIGKILL] * 2
