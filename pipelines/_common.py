@@ -13,7 +13,7 @@ import numpy as np
 
 from alphagan.atomic import clean_pipeline_leftovers, describe_os_error
 from alphagan.config import Params, load_params
-from alphagan.distributed import launched_world
+from alphagan.envvars import launched_world
 from alphagan.errors import AlphaGanError
 from alphagan.phases import write_if_requested as write_phase_times
 from alphagan.redaction import redact

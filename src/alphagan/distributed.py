@@ -51,22 +51,12 @@ import torch.distributed as dist
 from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from alphagan.envvars import environment_set
+from alphagan.envvars import LAUNCHED_BY, environment_set, launched_world  # noqa: F401 - re-exported
 from alphagan.errors import AlphaGanError
-
-#: What torchrun sets in every worker; their presence means "already launched: do not relaunch".
-LAUNCHED_BY = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
 class DistributedError(AlphaGanError):
     """A data-parallel run cannot start or went wrong (bad world size, drifted ranks, failed workers)."""
-
-
-def launched_world() -> tuple[int, int, int] | None:
-    """(rank, world size, local rank) when this process was started by torchrun; None otherwise."""
-    if not all(name in os.environ for name in LAUNCHED_BY):
-        return None
-    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
 
 
 def per_rank_batch(global_batch: int, world_size: int) -> int:

@@ -23,6 +23,19 @@ from tqdm import tqdm
 T = TypeVar("T")
 
 
+class _Bar(tqdm):
+    """tqdm without its monitor thread.
+
+    tqdm starts a ``tqdm_monitor`` thread with its first bar, even a disabled one. A stage
+    with a second thread can no longer fork its worker pool safely
+    (:mod:`alphagan.processes` then starts the workers from a forkserver: slower to start,
+    and each re-imports numpy and pandas). The monitor only lowers ``miniters`` after a
+    stall, which these bars do not need.
+    """
+
+    monitor_interval = 0
+
+
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)
@@ -108,9 +121,9 @@ def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, d
     if style not in ("bar", "lines", "off"):
         style = "bar" if getattr(stream, "isatty", lambda: False)() else "lines"
     if style == "bar":
-        return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, file=stream, dynamic_ncols=True)
+        return _Bar(iterable, total=total, desc=desc, unit=unit, initial=initial, file=stream, dynamic_ncols=True)
     if style == "off":
-        return tqdm(iterable, total=total, disable=True)
+        return _Bar(iterable, total=total, disable=True)
     try:
         every = float(os.environ.get("ALPHAGAN_PROGRESS_EVERY", "10"))
     except ValueError:
