@@ -79,3 +79,6 @@ def _shut_down(pool: Pool, exit_grace_s: float, failed: bool) -> None:
         pool.join()
     finally:
         watchdog.cancel()
+        # Wait for the cancelled timer's thread to end: left alive, it would make the next
+        # pool of this process (a stage with two) start from a forkserver instead of forking.
+        watchdog.join()
