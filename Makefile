@@ -32,7 +32,7 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/prepare.py
 	$(BIN)/python benchmarks/data_path.py
-	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/train.py --profile 5
 	$(BIN)/python benchmarks/scale.py
 	$(BIN)/python benchmarks/evaluate.py
 	$(BIN)/python benchmarks/memmap_read.py

@@ -8,6 +8,11 @@ Target on CPU: VAE-GAN >= 0.6x DCGAN (issue 12). On a GPU add ``--device cuda --
 bf16 autocast, target peak memory <= 1.25 GB.
 
     python benchmarks/train.py [--size 64] [--batch 64] [--width 32] [--steps 10] [--rounds 3] [--device cpu]
+                               [--profile 5]
+
+``--profile N`` then runs N more steps of each model under ``torch.profiler`` (after the
+timed rounds, so it perturbs none of them) and prints where the time goes: convolutions
+(forward and backward) against everything else, and the costliest other ops.
 """
 
 from __future__ import annotations
@@ -73,6 +78,35 @@ def measure(which: str, steps: int, device_name: str) -> tuple[float, int]:
     return steps * ARGS.batch / (time.perf_counter() - start), peak
 
 
+def profile_steps(which: str, steps: int, device_name: str, top: int = 5) -> str:
+    """One line per model: self time of convolutions (forward + backward) and of the rest,
+    and the ``top`` costliest other ops, over ``steps`` steps after a warm-up."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = torch.device(device_name)
+    torch.manual_seed(0)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else \
+        (lambda: torch.autocast("cpu", enabled=False))
+    real = to_tensor(np.random.default_rng(0).integers(0, 256, (ARGS.batch, ARGS.size, ARGS.size, 3), dtype=np.uint8), device)
+    step = {"DCGAN": dcgan_stepper, "VAE-GAN": vaegan_stepper}[which](ARGS.size, ARGS.batch, ARGS.width, device, autocast)
+    for i in range(3):
+        step(real, i)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as recorded:
+        for i in range(steps):
+            step(real, 3 + i)
+    times: dict[str, float] = {}
+    for event in recorded.key_averages():
+        seconds = (event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total) / 1e6
+        times[event.key] = times.get(event.key, 0.0) + seconds
+    convolution = sum(t for name, t in times.items() if "conv" in name)
+    total = sum(times.values())
+    others = sorted(((t, name) for name, t in times.items() if "conv" not in name), reverse=True)[:top]
+    listed = ", ".join(f"{name} {t:.3f}" for t, name in others)
+    return (f"{which}: {total:.3f} s over {steps} steps; convolutions {convolution:.3f} s ({convolution / total:.0%}), "
+            f"the rest {total - convolution:.3f} s; costliest other ops (s): {listed}")
+
+
 def _child(which: str, steps: int, device_name: str, args: argparse.Namespace, results) -> None:
     global ARGS
     ARGS = args
@@ -98,6 +132,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per model (>= 2 for a ratio)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="then profile N steps of each model and print where the time goes")
     ARGS = args = parser.parse_args()
     # Alternate the two models round by round, each in its own process: a shared machine's
     # slow minute then hits both. A side whose rounds disagree gives no ratio at all.
@@ -127,6 +163,10 @@ def main() -> None:
     if device.type == "cuda":
         vaegan_mem = memory_peaks["VAE-GAN"]
         print(f"VAE-GAN peak CUDA memory {vaegan_mem / 2**30:.2f} GiB (target <= 1.25 GB): {'MET' if vaegan_mem <= 1.25e9 else 'NOT MET'}")
+    if args.profile:
+        print(f"\nwhere the time goes (torch.profiler, self time of each op, {args.profile} steps after a warm-up):")
+        for which in memory_peaks:
+            print("  " + profile_steps(which, args.profile, args.device))
 
 if __name__ == "__main__":
     main()

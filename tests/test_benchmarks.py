@@ -12,7 +12,7 @@ from tests.conftest import REPO_ROOT
 SMALL_RUNS = {
     "prepare.py": ["--count", "120", "--size", "32", "--rounds", "2"],
     "data_path.py": ["--count", "150", "--size", "32", "--rounds", "2"],
-    "train.py": ["--size", "16", "--batch", "8", "--width", "8", "--steps", "2", "--rounds", "2"],
+    "train.py": ["--size", "16", "--batch", "8", "--width", "8", "--steps", "2", "--rounds", "2", "--profile", "2"],
     "scale.py": ["--size", "16", "--batch", "8", "--width", "8", "--nproc", "2", "--steps", "2", "--rounds", "2", "--device", "cpu"],
     "evaluate.py": ["--images", "20", "--size", "32", "--dim", "64", "--rounds", "2"],
     "memmap_read.py": ["--images", "300", "--sizes", "16,32", "--batch", "8", "--batches", "5", "--rounds", "2"],
@@ -29,6 +29,9 @@ def test_benchmark_prints_its_table(script):
     assert len(rows) >= 3, done.stdout
     assert "Traceback" not in done.stderr
     assert "busy with other work before the run" in done.stdout  # every table says how quiet the machine was
+    if script == "train.py":  # --profile: where each model's step time goes
+        profiled = [line.strip() for line in done.stdout.splitlines() if " s over 2 steps; convolutions " in line]
+        assert [line.split(":")[0] for line in profiled] == ["DCGAN", "VAE-GAN"], done.stdout
     assert " / " in rows[2] and "%" in rows[2]  # min / median / max (spread), never a bare number
 
 
