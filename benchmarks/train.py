@@ -44,12 +44,12 @@ def vaegan_stepper(size, batch, width, device, autocast):
     return lambda real, step: train_step(model, real, params, step, autocast)
 
 
-def measure(which: str, steps: int, device_name: str) -> tuple[float, int]:
-    """(images/s, peak memory bytes) of ``steps`` training steps of one model.
+STEPPERS = {"DCGAN": dcgan_stepper, "VAE-GAN": vaegan_stepper}
 
-    Runs in a fresh process (see main), so on CPU the growth of peak RSS over the
-    imports belongs to this model alone.
-    """
+
+def step_inputs(device_name: str):
+    """(device, autocast factory, one fixed batch of random images), seeded: what every
+    measured or profiled step of either model is fed."""
     device = torch.device(device_name)
     torch.manual_seed(0)
     if device.type == "cuda":
@@ -58,13 +58,29 @@ def measure(which: str, steps: int, device_name: str) -> tuple[float, int]:
     else:
         autocast = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
     real = to_tensor(np.random.default_rng(0).integers(0, 256, (ARGS.batch, ARGS.size, ARGS.size, 3), dtype=np.uint8), device)
+    return device, autocast, real
+
+
+def warmed_up_step(which: str, device: torch.device, autocast, real: torch.Tensor):
+    """A fresh model's step function after 3 untimed steps (allocator, oneDNN / cuDNN kernel
+    choice); call it as ``step(real, step_index)`` from index 3 on."""
+    step = STEPPERS[which](ARGS.size, ARGS.batch, ARGS.width, device, autocast)
+    for i in range(3):
+        step(real, i)
+    return step
+
+
+def measure(which: str, steps: int, device_name: str) -> tuple[float, int]:
+    """(images/s, peak memory bytes) of ``steps`` training steps of one model.
+
+    Runs in a fresh process (see main), so on CPU the growth of peak RSS over the
+    imports belongs to this model alone.
+    """
+    device, autocast, real = step_inputs(device_name)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    make_step = {"DCGAN": dcgan_stepper, "VAE-GAN": vaegan_stepper}[which]
-    step = make_step(ARGS.size, ARGS.batch, ARGS.width, device, autocast)
-    for i in range(3):  # warm-up: allocator, oneDNN / cuDNN kernel choice
-        step(real, i)
+    step = warmed_up_step(which, device, autocast, real)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
@@ -83,14 +99,8 @@ def profile_steps(which: str, steps: int, device_name: str, top: int = 5) -> str
     and the ``top`` costliest other ops, over ``steps`` steps after a warm-up."""
     from torch.profiler import ProfilerActivity, profile
 
-    device = torch.device(device_name)
-    torch.manual_seed(0)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else \
-        (lambda: torch.autocast("cpu", enabled=False))
-    real = to_tensor(np.random.default_rng(0).integers(0, 256, (ARGS.batch, ARGS.size, ARGS.size, 3), dtype=np.uint8), device)
-    step = {"DCGAN": dcgan_stepper, "VAE-GAN": vaegan_stepper}[which](ARGS.size, ARGS.batch, ARGS.width, device, autocast)
-    for i in range(3):
-        step(real, i)
+    device, autocast, real = step_inputs(device_name)
+    step = warmed_up_step(which, device, autocast, real)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as recorded:
         for i in range(steps):
@@ -165,7 +175,7 @@ def main() -> None:
         print(f"VAE-GAN peak CUDA memory {vaegan_mem / 2**30:.2f} GiB (target <= 1.25 GB): {'MET' if vaegan_mem <= 1.25e9 else 'NOT MET'}")
     if args.profile:
         print(f"\nwhere the time goes (torch.profiler, self time of each op, {args.profile} steps after a warm-up):")
-        for which in memory_peaks:
+        for which in STEPPERS:
             print("  " + profile_steps(which, args.profile, args.device))
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -154,9 +156,6 @@ def test_a_data_stage_forks_its_workers_and_never_imports_torch(tmp_path, style)
     built after it cannot fork safely: its workers then come from a forkserver, each
     importing numpy and pandas again (prepare measured 1.4 GB instead of ~0.4 GB). torch
     (a second and ~500 MB a process) has no business in the data stages either."""
-    import subprocess
-    import sys
-
     result = subprocess.run([sys.executable, "-c", _PREPARE_IN_A_FRESH_PROCESS, str(tmp_path)],
                             env={**os.environ, "ALPHAGAN_PROGRESS": style}, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

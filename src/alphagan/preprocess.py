@@ -112,16 +112,14 @@ def load_arrays(root: Path, outputs: dict[Path, list[str]], size: int, params: P
             for out_file, paths in outputs.items() for start in range(0, len(paths), chunk)]
     work = partial(_fill_rows, root=str(root), size=size, params=params, limits=(max_pixels, max_bytes))
     try:
-        if workers == 1:
-            with progress(total=total, desc="prepare", unit="img") as bar:
+        with progress(total=total, desc="prepare", unit="img") as bar:
+            if workers == 1:
                 for job in jobs:
                     bar.update(work(job))
-        else:
-            # The pool before the bar: a process still running one thread forks its workers
-            # (nothing imported again, pages shared) instead of starting them from a forkserver.
-            with process_pool(workers) as pool, progress(total=total, desc="prepare", unit="img") as bar:
-                for done in pool.imap_unordered(work, jobs):
-                    bar.update(done)
+            else:
+                with process_pool(workers) as pool:
+                    for done in pool.imap_unordered(work, jobs):
+                        bar.update(done)
     except PrepareError as exc:
         raise PrepareError(f"an accepted image failed to prepare: {exc}") from None
 
