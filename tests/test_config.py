@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from alphagan.config import ConfigError, flatten, load_params, parse_params
+from alphagan.config import ConfigError, flatten, load_params, parse_params, with_overrides
 from tests.conftest import REPO_ROOT
 
 
@@ -70,3 +70,32 @@ def test_code_defaults_are_params_yaml():
     drift = {key: (in_code.get(key), in_yaml.get(key)) for key in in_code.keys() | in_yaml.keys()
              if in_code.get(key) != in_yaml.get(key)}
     assert not drift, f"config.py default vs params.yaml: {drift}"
+
+
+def test_overrides_change_only_the_named_params_with_yaml_values():
+    base = load_params(REPO_ROOT / "params.yaml")
+    changed = with_overrides(base, ["train.feature_weight=0", "train.diffaugment=[color, cutout]", "data.dicebear.count=90"])
+    assert changed.train.feature_weight == 0.0
+    assert changed.train.diffaugment == ("color", "cutout")
+    assert changed.data.dicebear.count == 90
+    untouched = {k: v for k, v in flatten(changed.as_dict()).items()
+                 if k not in {"train.feature_weight", "train.diffaugment", "data.dicebear.count"}}
+    assert untouched == {k: v for k, v in flatten(base.as_dict()).items() if k in untouched}
+    assert base == load_params(REPO_ROOT / "params.yaml")  # the original is not modified
+
+
+@pytest.mark.parametrize(
+    ("assignment", "expected"),
+    [
+        ("train.feature_weight", "section.key=value"),
+        ("feature_weight=1", "section.key=value"),
+        ("trian.kl_weight=1", "'trian' is not a section"),
+        ("train.kl_wieght=1", "train.kl_wieght is not a parameter"),
+        ("train.kl_weight=-1", "train.kl_weight = -1"),
+        ("train.diffaugment=[color", "not valid YAML"),
+    ],
+)
+def test_bad_overrides_say_which_and_why(assignment, expected):
+    with pytest.raises(ConfigError) as info:
+        with_overrides(load_params(REPO_ROOT / "params.yaml"), [assignment])
+    assert expected in str(info.value)

@@ -299,6 +299,29 @@ def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
     return params
 
 
+def with_overrides(params: Params, assignments: list[str]) -> Params:
+    """``params`` with ``section.key=value`` assignments applied (values parsed as YAML, as
+    ``dvc exp run -S`` does), validated as strictly as params.yaml itself."""
+    raw = params.as_dict()
+    for assignment in assignments:
+        dotted, equals, text = assignment.partition("=")
+        *sections, key = dotted.strip().split(".")
+        if not equals or not sections or not key:
+            raise ConfigError(f"override {assignment!r}: write it as section.key=value, e.g. train.kl_weight=16")
+        target = raw
+        for name in sections:
+            if not isinstance(target.get(name), dict):
+                raise ConfigError(f"override {assignment!r}: {name!r} is not a section of params.yaml")
+            target = target[name]
+        if key not in target:
+            raise ConfigError(f"override {assignment!r}: {dotted.strip()} is not a parameter; check its spelling")
+        try:
+            target[key] = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {assignment!r}: the value is not valid YAML: {exc}") from None
+    return parse_params(raw)
+
+
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists become comma-joined strings."""
     flat: dict[str, Any] = {}
