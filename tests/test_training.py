@@ -320,3 +320,28 @@ def test_a_run_is_told_when_its_plan_cannot_work(tmp_path, images, capsys):
     assert plan_warnings(smoke, 5000, training_steps(smoke, 5000)) == []  # a capped smoke run is not a plan
     train(*images, tiny_params(max_steps=3).train, 16, 0, tmp_path / "c.pt")
     assert "train: warning: 12 training images" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs intra-op threads for contention to matter")
+def test_training_is_bit_exact_while_other_processes_load_every_core(tmp_path):
+    """The default model size and batch (large enough for torch's kernels to split work over
+    threads), trained on a quiet machine and again while busy processes take every core: a
+    kernel whose result depended on thread timing would make the two differ."""
+    import os
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(1)
+    train_images, val_images = rng.integers(0, 256, (128, 32, 32, 3), dtype=np.uint8), rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    params = parse_params({"data": {"image_size": 32}, "train": {"device": "cpu", "max_steps": 12, "checkpoint_every": 100}}).train
+    train(train_images, val_images, params, 32, 0, tmp_path / "quiet.pt")
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    try:
+        train(train_images, val_images, params, 32, 0, tmp_path / "busy.pt")
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+    quiet, loaded = _all_tensors(load_checkpoint(tmp_path / "quiet.pt")), _all_tensors(load_checkpoint(tmp_path / "busy.pt"))
+    assert quiet.keys() == loaded.keys()
+    assert [k for k in quiet if not torch.equal(quiet[k], loaded[k])] == []
