@@ -345,3 +345,28 @@ def test_training_is_bit_exact_while_other_processes_load_every_core(tmp_path):
     quiet, loaded = _all_tensors(load_checkpoint(tmp_path / "quiet.pt")), _all_tensors(load_checkpoint(tmp_path / "busy.pt"))
     assert quiet.keys() == loaded.keys()
     assert [k for k in quiet if not torch.equal(quiet[k], loaded[k])] == []
+
+
+def test_reconstruction_fraction_encodes_only_the_first_share_of_the_batch(images):
+    from alphagan.models import reparameterize
+    from alphagan.training import reconstruction_count
+
+    assert [reconstruction_count(64, f) for f in (1.0, 0.25, 0.001)] == [64, 16, 1]
+    params = tiny_params(reconstruction_fraction=0.5)  # batch 4: 2 encoded and reconstructed, 4 prior samples
+    torch.manual_seed(0)
+    model = VaeGan.build(model_config(params.train, 16), params.train, torch.device("cpu"))
+    real = to_tensor(images[0][:4], torch.device("cpu"))
+    noise = (torch.randn(4, 8), torch.randn(4, 8))
+    with torch.no_grad():  # the pixel term as the formula gives it, from the same networks before the step
+        mu, logvar = model.encoder(real[:2])
+        decoded = model.decoder(torch.cat([reparameterize(mu, logvar, noise[1][:2]), noise[0]]))
+        expected_pixel = F.l1_loss(decoded[:2], real[:2])
+    seen = {}
+    for name in ("encoder", "decoder", "discriminator"):
+        getattr(model, name).register_forward_hook(  # returns None: the output is left as it is
+            lambda module, args, out, name=name: None if name in seen else seen.update({name: args[0].detach().clone()}))
+    result = train_step(model, real, params.train, 0, lambda: torch.autocast("cpu", enabled=False), noise=noise)
+    assert torch.equal(seen["encoder"], real[:2])
+    assert seen["decoder"].shape[0] == 6 and seen["discriminator"].shape[0] == 4 + 6
+    assert torch.equal(seen["discriminator"][:4], real)
+    assert torch.allclose(result["loss_pixel"], expected_pixel, atol=1e-6)

@@ -129,6 +129,8 @@ class TrainParams(_Section):
     upsample: Literal["transposed", "resize"] = "transposed"
     adversarial_loss: Literal["bce", "hinge"] = "hinge"
     gradient_routing: Literal["larsen", "shared"] = "shared"
+    # Share of each batch that is encoded and reconstructed; the prior half is always a whole batch.
+    reconstruction_fraction: float = Field(1.0, gt=0, le=1)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     spectral_norm: bool = True
     kl_weight: float = Field(32.0, ge=0)

@@ -324,6 +324,11 @@ def latent_noise(batch: int, latent_dim: int, device: torch.device) -> tuple[tor
     return prior, torch.randn(batch, latent_dim, device=device)
 
 
+def reconstruction_count(batch: int, fraction: float) -> int:
+    """How many of a batch's images are encoded and reconstructed (at least one)."""
+    return max(1, round(batch * fraction))
+
+
 def train_step(model: VaeGan, real: torch.Tensor, params: TrainParams, step: int, autocast,
                noise: tuple[torch.Tensor, torch.Tensor] | None = None,
                distributed: Distributed | None = None) -> dict[str, torch.Tensor]:
@@ -341,6 +346,10 @@ def train_step(model: VaeGan, real: torch.Tensor, params: TrainParams, step: int
     - ``shared``: one backward of the whole VAE loss into both, so the adversarial term
       also reaches the encoder through the reconstructions.
 
+    ``train.reconstruction_fraction`` < 1 encodes and reconstructs only the first share of
+    ``real`` (:func:`reconstruction_count`); the prior samples stay a whole batch, and the
+    discriminator sees [real; reconstructions; prior samples] all the same.
+
     ``noise`` gives the (prior latents, reparameterisation noise) from :func:`latent_noise`;
     None draws them here from the global generator (the single-process run's own order).
     With ``distributed``, ``real`` is this rank's shard: the returned losses are the global-batch
@@ -354,26 +363,29 @@ def train_step(model: VaeGan, real: torch.Tensor, params: TrainParams, step: int
     encoder_parameters, decoder_parameters = list(model.encoder.parameters()), list(model.decoder.parameters())
     discriminator_parameters = list(model.discriminator.parameters())
 
+    encoded = reconstruction_count(batch, params.reconstruction_fraction)
     with autocast():
-        mu, logvar = model.encoder(real)
+        mu, logvar = model.encoder(real[:encoded])
         if noise is None:
             prior_latent = torch.randn(batch, model.config.latent_dim, device=real.device, dtype=mu.dtype)
             posterior_latent = reparameterize(mu, logvar)
         else:
             prior_latent = noise[0].to(mu.dtype)
-            posterior_latent = reparameterize(mu, logvar, noise[1])
-        decoded = model.decoder(torch.cat([posterior_latent, prior_latent]))  # (2B, 3, S, S)
-        reconstructed = decoded[:batch]
+            posterior_latent = reparameterize(mu, logvar, noise[1][:encoded])
+        decoded = model.decoder(torch.cat([posterior_latent, prior_latent]))  # (encoded + B, 3, S, S)
+        reconstructed = decoded[:encoded]
         logits, features = model.discriminator(diff_augment(torch.cat([real, decoded]), policy))
         if policy:  # the similarity metric compares un-augmented images
-            _, features = model.discriminator(torch.cat([real, reconstructed]))
+            _, features = model.discriminator(torch.cat([real[:encoded], reconstructed]))
+            real_features, reconstructed_features = features[:encoded].float(), features[encoded:].float()
+        else:
+            real_features, reconstructed_features = features[:encoded].float(), features[batch:batch + encoded].float()
         real_logits, fake_logits = logits[:batch].float(), logits[batch:].float()
-        real_features, reconstructed_features = features[:batch].float(), features[batch:2 * batch].float()
 
         loss_d = losses.discriminator_loss(real_logits, fake_logits, kind)
         loss_kl = losses.kl_loss(mu.float(), logvar.float(), values_per_image)
         loss_feature = losses.feature_reconstruction_loss(reconstructed_features, real_features)
-        loss_pixel = losses.pixel_reconstruction_loss(reconstructed.float(), real)
+        loss_pixel = losses.pixel_reconstruction_loss(reconstructed.float(), real[:encoded])
         loss_adv = losses.generator_loss(fake_logits, kind)
         kl_scale = losses.kl_warmup(step, params.kl_warmup_steps)
         loss_reconstruction = (params.kl_weight * kl_scale * loss_kl + params.feature_weight * loss_feature
