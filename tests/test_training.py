@@ -1,5 +1,8 @@
 """Training loop: determinism and resume, the NaN guard, shapes; the stage with MLflow."""
 
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,9 +11,9 @@ import torch.nn.functional as F
 
 from alphagan import losses
 from alphagan.config import ConfigError, parse_params
-from alphagan.models import Decoder, Discriminator, Encoder, ModelConfig
+from alphagan.models import Decoder, Discriminator, Encoder, ModelConfig, reparameterize
 from alphagan.training import (TrainingDiverged, TrainingError, VaeGan, load_checkpoint, load_generator, model_config,
-                                plan_warnings, to_tensor, train, train_step, training_steps)
+                                plan_warnings, reconstruction_count, to_tensor, train, train_step, training_steps)
 
 TINY_TRAIN = {"batch_size": 4, "latent_dim": 8, "base_channels": 8, "max_channels": 16, "feature_layer": 1,
               "log_every": 1, "checkpoint_every": 1, "grid_size": 4, "kl_warmup_steps": 2, "device": "cpu"}
@@ -327,10 +330,6 @@ def test_training_is_bit_exact_while_other_processes_load_every_core(tmp_path):
     """The default model size and batch (large enough for torch's kernels to split work over
     threads), trained on a quiet machine and again while busy processes take every core: a
     kernel whose result depended on thread timing would make the two differ."""
-    import os
-    import subprocess
-    import sys
-
     rng = np.random.default_rng(1)
     train_images, val_images = rng.integers(0, 256, (128, 32, 32, 3), dtype=np.uint8), rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
     params = parse_params({"data": {"image_size": 32}, "train": {"device": "cpu", "max_steps": 12, "checkpoint_every": 100}}).train
@@ -348,9 +347,6 @@ def test_training_is_bit_exact_while_other_processes_load_every_core(tmp_path):
 
 
 def test_reconstruction_fraction_encodes_only_the_first_share_of_the_batch(images):
-    from alphagan.models import reparameterize
-    from alphagan.training import reconstruction_count
-
     assert [reconstruction_count(64, f) for f in (1.0, 0.25, 0.001)] == [64, 16, 1]
     params = tiny_params(reconstruction_fraction=0.5)  # batch 4: 2 encoded and reconstructed, 4 prior samples
     torch.manual_seed(0)
