@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from alphagan import losses
 from alphagan.config import ConfigError, parse_params
 from alphagan.models import Decoder, Discriminator, Encoder, ModelConfig, reparameterize
-from alphagan.training import (TrainingDiverged, TrainingError, VaeGan, load_checkpoint, load_generator, model_config,
+from alphagan.training import (TrainingDiverged, TrainingError, VaeGan, autocast_for, load_checkpoint, load_generator, model_config,
                                 plan_warnings, reconstruction_count, to_tensor, train, train_step, training_steps)
 
 TINY_TRAIN = {"batch_size": 4, "latent_dim": 8, "base_channels": 8, "max_channels": 16, "feature_layer": 1,
@@ -202,14 +202,33 @@ def test_ema_follows_the_warm_up_formula(images):
 
 
 def test_spectral_norm_off_gives_a_batch_norm_discriminator_that_trains(tmp_path, images):
-
     config = model_config(tiny_params(spectral_norm=False).train, 16)
-    plain, normed = Discriminator(config), Discriminator(model_config(tiny_params().train, 16))
+    plain, normed = Discriminator(config), Discriminator(model_config(tiny_params(spectral_norm=True).train, 16))
     assert not any(name.endswith("weight_orig") for name, _ in plain.named_parameters())
     assert any(name.endswith("weight_orig") for name, _ in normed.named_parameters())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
     result = train(*images, tiny_params(spectral_norm=False, max_steps=2).train, 16, 0, tmp_path / "c.pt")
     assert result.step == 2 and np.isfinite(result.final_losses["loss_d"])
+
+
+@pytest.mark.parametrize("spectral_norm", [True, False])
+@pytest.mark.parametrize("diffaugment", [[], ["translation"]])
+def test_a_batch_norm_discriminator_never_sees_real_and_fake_images_in_one_batch(images, spectral_norm, diffaugment):
+    params = tiny_params(spectral_norm=spectral_norm, diffaugment=diffaugment).train
+    device = torch.device("cpu")
+    model = VaeGan.build(model_config(params, 16), params, device)
+    real = to_tensor(images[0][:4], device)
+    batches = []
+    model.discriminator.register_forward_pre_hook(lambda module, args: batches.append(args[0].detach().clone()))
+    train_step(model, real, params, 0, autocast_for(device, "fp32"))
+    # Which rows of each pass are real images (exact copies; augmented passes are checked by size only).
+    real_rows = [[any(torch.equal(row, r) for r in real) for row in batch] for batch in batches]
+    if spectral_norm:  # [real; reconstructions; prior samples] in one pass (+ [real; reconstructions] un-augmented)
+        assert [len(b) for b in batches] == [12] + ([8] if diffaugment else [])
+        assert real_rows[-1] == [True] * 4 + [False] * (len(batches[-1]) - 4)
+    else:  # a pass of real images, then one of generated images (twice with DiffAugment)
+        assert [len(b) for b in batches] == [4, 8] + ([4, 4] if diffaugment else [])
+        assert all(real_rows[-2]) and not any(real_rows[-1])
 
 
 def test_diffaugment_translation_and_cutout_do_what_they_say():
@@ -348,7 +367,7 @@ def test_training_is_bit_exact_while_other_processes_load_every_core(tmp_path):
 
 def test_reconstruction_fraction_encodes_only_the_first_share_of_the_batch(images):
     assert [reconstruction_count(64, f) for f in (1.0, 0.25, 0.001)] == [64, 16, 1]
-    params = tiny_params(reconstruction_fraction=0.5)  # batch 4: 2 encoded and reconstructed, 4 prior samples
+    params = tiny_params(reconstruction_fraction=0.5, spectral_norm=True)  # batch 4: 2 encoded and reconstructed, 4 prior; one D pass
     torch.manual_seed(0)
     model = VaeGan.build(model_config(params.train, 16), params.train, torch.device("cpu"))
     real = to_tensor(images[0][:4], torch.device("cpu"))

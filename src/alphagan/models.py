@@ -92,8 +92,11 @@ class Decoder(nn.Module):
 class Discriminator(nn.Module):
     """(B, 3, S, S) -> (logits (B,), features of block ``feature_layer``).
 
+    ``spectral_norm=False`` (the default run's) gives the DCGAN discriminator: batch norm
+    after every conv but the first. Its outputs then depend on the batch, so the training
+    step feeds real and fake images as separate batches (``training.discriminate``).
     With spectral norm (Miyato et al. 2018) there is no batch norm: the Lipschitz bound
-    alone steadies the game, and features stay a function of each image alone.
+    steadies the game, and features stay a function of each image alone.
     """
 
     def __init__(self, config: ModelConfig):
@@ -112,6 +115,7 @@ class Discriminator(nn.Module):
             in_channels = width
         self.blocks = nn.ModuleList(blocks)
         self.feature_layer = config.feature_layer
+        self.has_batch_norm = not config.spectral_norm  # then real and fake batches must be fed apart
         self.classify = norm(nn.Linear(in_channels * 16, 1))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,7 +2,8 @@
 
 Per batch (Larsen et al. 2016, Algorithm 1, with the usual modern cures):
   1. encode x -> (mu, logvar), sample z, reconstruct x_rec = Dec(z); draw z_p ~ N(0, I), x_p = Dec(z_p)
-  2. one discriminator pass over [x; x_rec; x_p] gives the logits and the similarity features
+  2. the discriminator over x and [x_rec; x_p] (two batches with batch norm, else one pass) gives
+     the logits and the similarity features
   3. losses: discriminator (real vs both fakes); encoder + decoder: KL (with warm-up) +
      feature reconstruction in a discriminator layer + optional pixel L1 + adversarial
   4. each loss's gradients go only to its own player; all three networks step; EMA of the
@@ -329,6 +330,21 @@ def reconstruction_count(batch: int, fraction: float) -> int:
     return max(1, round(batch * fraction))
 
 
+def discriminate(discriminator: Discriminator, groups: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The discriminator's (logits, features) over the image groups, concatenated in order.
+
+    Without batch norm (spectral norm on) the groups go through in one pass: each image's
+    output depends on that image alone. A batch-norm discriminator sees each group as a batch
+    of its own, real images apart from fakes, as the DCGAN recipe feeds it: over one mixed
+    batch the statistics are shared by both populations, which is measured to be what kept
+    this discriminator from teaching the decoder (README, "Where the speckle comes from").
+    """
+    if not discriminator.has_batch_norm:
+        return discriminator(torch.cat(groups))
+    outputs = [discriminator(group) for group in groups]
+    return torch.cat([logits for logits, _ in outputs]), torch.cat([features for _, features in outputs])
+
+
 def train_step(model: VaeGan, real: torch.Tensor, params: TrainParams, step: int, autocast,
                noise: tuple[torch.Tensor, torch.Tensor] | None = None,
                distributed: Distributed | None = None) -> dict[str, torch.Tensor]:
@@ -337,7 +353,8 @@ def train_step(model: VaeGan, real: torch.Tensor, params: TrainParams, step: int
     As in Larsen et al. 2016 (Algorithm 1), every gradient is taken against the same
     networks before any of them moves. The decoder runs once over [posterior; prior]
     latents, so its batch norm sees one mixed batch (not the two populations in turn),
-    and the discriminator sees [real; reconstructions; prior samples] once. The
+    and the discriminator sees real images and [reconstructions; prior samples] through
+    :func:`discriminate` (two batches for a batch-norm discriminator, else one pass). The
     discriminator loss reaches only the discriminator (``inputs=``). Gradient routing
     for the encoder/decoder (``train.gradient_routing``):
 
@@ -374,9 +391,9 @@ def train_step(model: VaeGan, real: torch.Tensor, params: TrainParams, step: int
             posterior_latent = reparameterize(mu, logvar, noise[1][:encoded])
         decoded = model.decoder(torch.cat([posterior_latent, prior_latent]))  # (encoded + B, 3, S, S)
         reconstructed = decoded[:encoded]
-        logits, features = model.discriminator(diff_augment(torch.cat([real, decoded]), policy))
+        logits, features = discriminate(model.discriminator, [diff_augment(real, policy), diff_augment(decoded, policy)])
         if policy:  # the similarity metric compares un-augmented images
-            _, features = model.discriminator(torch.cat([real[:encoded], reconstructed]))
+            _, features = discriminate(model.discriminator, [real[:encoded], reconstructed])
             real_features, reconstructed_features = features[:encoded].float(), features[encoded:].float()
         else:
             real_features, reconstructed_features = features[:encoded].float(), features[batch:batch + encoded].float()
