@@ -29,7 +29,7 @@ SEED, WORLD, GLOBAL_BATCH, STEPS = 5, 2, 8, 4
 #: Two configurations: Larsen's routing (three backward passes restricted by ``inputs=``) with a
 #: spectral-norm discriminator, and the shared routing with batch norm in the discriminator too.
 CONFIGS = {
-    "larsen": {"gradient_routing": "larsen"},
+    "larsen": {"gradient_routing": "larsen", "spectral_norm": True},
     "shared-batchnorm-discriminator": {"gradient_routing": "shared", "spectral_norm": False},
 }
 #: Largest |DDP - single process| over every weight, buffer and Adam moment after STEPS steps.

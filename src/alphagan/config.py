@@ -127,12 +127,12 @@ class TrainParams(_Section):
     base_channels: int = Field(32, ge=1)
     max_channels: int = Field(256, ge=1)
     upsample: Literal["transposed", "resize"] = "transposed"
-    adversarial_loss: Literal["bce", "hinge"] = "hinge"
+    adversarial_loss: Literal["bce", "hinge"] = "bce"
     gradient_routing: Literal["larsen", "shared"] = "shared"
     # Share of each batch that is encoded and reconstructed; the prior half is always a whole batch.
     reconstruction_fraction: float = Field(1.0, gt=0, le=1)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    spectral_norm: bool = True
+    spectral_norm: bool = False
     kl_weight: float = Field(32.0, ge=0)
     kl_warmup_steps: int = Field(500, ge=0)
     feature_weight: float = Field(100.0, ge=0)
