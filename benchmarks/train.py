@@ -10,6 +10,12 @@ bf16 autocast, target peak memory <= 1.25 GB.
     python benchmarks/train.py [--size 64] [--batch 64] [--width 32] [--steps 10] [--rounds 3] [--device cpu]
                                [--profile 5]
 
+The FLOPs of one step of each model (``torch.utils.flop_counter``: convolutions and matrix
+products, forward and backward) give the ratio the two would reach at the same FLOP rate:
+the FLOP-bound throughput ratio. A target above it asks the VAE-GAN to run its convolutions
+faster per FLOP than the DCGAN runs the same kernels, which no change that keeps the maths
+can promise.
+
 ``--profile N`` then runs N more steps of each model under ``torch.profiler`` (after the
 timed rounds, so it perturbs none of them) and prints where the time goes: convolutions
 (forward and backward) against everything else, and the costliest other ops.
@@ -94,6 +100,17 @@ def measure(which: str, steps: int, device_name: str) -> tuple[float, int]:
     return steps * ARGS.batch / (time.perf_counter() - start), peak
 
 
+def step_flops(which: str, device_name: str) -> int:
+    """FLOPs of one training step of ``which`` after the warm-up (deterministic: a count, not a timing)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device, autocast, real = step_inputs(device_name)
+    step = warmed_up_step(which, device, autocast, real)
+    with FlopCounterMode(display=False) as counter:
+        step(real, 3)
+    return counter.get_total_flops()
+
+
 def profile_steps(which: str, steps: int, device_name: str, top: int = 5) -> str:
     """One line per model: self time of convolutions (forward + backward) and of the rest,
     and the ``top`` costliest other ops, over ``steps`` steps after a warm-up."""
@@ -164,12 +181,22 @@ def main() -> None:
     memory = "CUDA max allocated" if device.type == "cuda" else "peak RSS growth"
     print(f"\n{args.size} px, batch {args.batch}, width {args.width}, {precision}, {name}; "
           f"{args.rounds} interleaved rounds x {args.steps} steps, each model in its own process\n")
-    print(f"| {'model':<10} | {'images/s min / median / max (spread)':>38} | {memory + ' MiB':>24} |")
-    print(f"|{'-' * 12}|{'-' * 40}|{'-' * 26}|")
+    flops = {which: step_flops(which, args.device) for which in runs}  # after the rounds: it perturbs none
+    print(f"| {'model':<10} | {'images/s min / median / max (spread)':>38} | {memory + ' MiB':>24} | {'GFLOP / step':>12} "
+          f"| {'GFLOP/s (median)':>16} |")
+    print(f"|{'-' * 12}|{'-' * 40}|{'-' * 26}|{'-' * 14}|{'-' * 18}|")
     for which, rounds in runs.items():
-        print(f"| {which:<10} | {rounds.summary():>38} | {memory_peaks[which] / 2**20:24.1f} |")
+        rate = rounds.median / args.batch * flops[which] / 1e9
+        print(f"| {which:<10} | {rounds.summary():>38} | {memory_peaks[which] / 2**20:24.1f} | {flops[which] / 1e9:12.2f} "
+              f"| {rate:16.1f} |")
     print()
     print(verdict(ratio(runs["VAE-GAN"], runs["DCGAN"]), 0.6, "VAE-GAN / DCGAN throughput (medians)"))
+    bound = flops["DCGAN"] / flops["VAE-GAN"]
+    print(f"FLOP-bound ratio (DCGAN / VAE-GAN FLOPs per step): {bound:.3f}x, the throughput ratio at equal FLOP rates"
+          + ("" if bound >= 0.6 else ": the 0.6x target is above it"))
+    measured = ratio(runs["VAE-GAN"], runs["DCGAN"])
+    if measured is not None:
+        print(f"VAE-GAN FLOP rate / DCGAN FLOP rate: {measured / bound:.2f}")
     if device.type == "cuda":
         vaegan_mem = memory_peaks["VAE-GAN"]
         print(f"VAE-GAN peak CUDA memory {vaegan_mem / 2**30:.2f} GiB (target <= 1.25 GB): {'MET' if vaegan_mem <= 1.25e9 else 'NOT MET'}")

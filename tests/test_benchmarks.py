@@ -32,6 +32,8 @@ def test_benchmark_prints_its_table(script):
     if script == "train.py":  # --profile: where each model's step time goes
         profiled = [line.strip() for line in done.stdout.splitlines() if " s over 2 steps; convolutions " in line]
         assert [line.split(":")[0] for line in profiled] == ["DCGAN", "VAE-GAN"], done.stdout
+        bound = next(line for line in done.stdout.splitlines() if line.startswith("FLOP-bound ratio"))
+        assert 0.0 < float(bound.split(": ")[1].split("x")[0]) < 1.0, bound  # the VAE-GAN step does more work
     assert " / " in rows[2] and "%" in rows[2]  # min / median / max (spread), never a bare number
 
 
@@ -157,3 +159,22 @@ def test_latent_prior_benchmark_prints_its_table_and_writes_the_grids(real_faces
         assert f"{metric}: beyond both spreads better than N(0, I):" in done.stdout
     sheet = Image.open(out)
     assert 3.5 * sheet.size[1] < sheet.size[0] < 4.5 * sheet.size[1]  # four grids side by side: prior, Gaussian, mixture, posterior
+
+
+def test_train_benchmark_counts_every_flop_of_a_step_once():
+    """Convolutions and matrix products are linear in the batch: a count that doubles exactly with
+    it is a count of the step's passes, not of a fixed cost (model building, a warm-up)."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_benchmark", REPO_ROOT / "benchmarks" / "train.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    counts = {}
+    for batch in (4, 8):
+        benchmark.ARGS = argparse.Namespace(size=16, batch=batch, width=8)
+        counts[batch] = {which: benchmark.step_flops(which, "cpu") for which in ("DCGAN", "VAE-GAN")}
+    for which in ("DCGAN", "VAE-GAN"):
+        assert counts[8][which] == 2 * counts[4][which] > 0, counts
+    # The VAE-GAN runs an encoder, a decoder over 2B latents and its discriminator over 3B images.
+    assert 1.5 < counts[8]["VAE-GAN"] / counts[8]["DCGAN"] < 2.5, counts
