@@ -34,7 +34,9 @@ SHOWN = ["swd_ratio", "swd_32", "swd_16", "swd_8", "precision_random", "recall_r
 
 def one_mixed_pass(discriminator, groups):
     """The replaced behaviour: every group through the discriminator as one batch."""
-    return discriminator(torch.cat(groups))
+    logits, features = discriminator(torch.cat(groups))
+    sizes = [group.shape[0] for group in groups]
+    return list(zip(logits.split(sizes), features.split(sizes), strict=True))
 
 
 def main() -> None:

@@ -330,19 +330,22 @@ def reconstruction_count(batch: int, fraction: float) -> int:
     return max(1, round(batch * fraction))
 
 
-def discriminate(discriminator: Discriminator, groups: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The discriminator's (logits, features) over the image groups, concatenated in order.
+def discriminate(discriminator: Discriminator, groups: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The discriminator's (logits, features) for each image group, in order.
 
     Without batch norm (spectral norm on) the groups go through in one pass: each image's
     output depends on that image alone. A batch-norm discriminator sees each group as a batch
     of its own, real images apart from fakes, as the DCGAN recipe feeds it: over one mixed
     batch the statistics are shared by both populations, which is measured to be what kept
     this discriminator from teaching the decoder (README, "Where the speckle comes from").
+    Outputs stay per group (no concatenation to slice again): slicing a joined tensor costs a
+    zero-filled gradient of the whole of it in the backward pass.
     """
     if not discriminator.has_batch_norm:
-        return discriminator(torch.cat(groups))
-    outputs = [discriminator(group) for group in groups]
-    return torch.cat([logits for logits, _ in outputs]), torch.cat([features for _, features in outputs])
+        logits, features = discriminator(torch.cat(groups))
+        sizes = [group.shape[0] for group in groups]
+        return list(zip(logits.split(sizes), features.split(sizes), strict=True))
+    return [discriminator(group) for group in groups]
 
 
 def train_step(model: VaeGan, real: torch.Tensor, params: TrainParams, step: int, autocast,
@@ -391,13 +394,12 @@ def train_step(model: VaeGan, real: torch.Tensor, params: TrainParams, step: int
             posterior_latent = reparameterize(mu, logvar, noise[1][:encoded])
         decoded = model.decoder(torch.cat([posterior_latent, prior_latent]))  # (encoded + B, 3, S, S)
         reconstructed = decoded[:encoded]
-        logits, features = discriminate(model.discriminator, [diff_augment(real, policy), diff_augment(decoded, policy)])
+        (real_logits, real_features), (fake_logits, fake_features) = discriminate(
+            model.discriminator, [diff_augment(real, policy), diff_augment(decoded, policy)])
         if policy:  # the similarity metric compares un-augmented images
-            _, features = discriminate(model.discriminator, [real[:encoded], reconstructed])
-            real_features, reconstructed_features = features[:encoded].float(), features[encoded:].float()
-        else:
-            real_features, reconstructed_features = features[:encoded].float(), features[batch:batch + encoded].float()
-        real_logits, fake_logits = logits[:batch].float(), logits[batch:].float()
+            (_, real_features), (_, fake_features) = discriminate(model.discriminator, [real[:encoded], reconstructed])
+        real_features, reconstructed_features = real_features[:encoded].float(), fake_features[:encoded].float()
+        real_logits, fake_logits = real_logits.float(), fake_logits.float()
 
         loss_d = losses.discriminator_loss(real_logits, fake_logits, kind)
         loss_kl = losses.kl_loss(mu.float(), logvar.float(), values_per_image)
