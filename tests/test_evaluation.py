@@ -327,3 +327,20 @@ def test_prior_gap_separates_posterior_samples_from_prior_holes(real_faces):
     assert metrics["eval/swd_ratio"] > 3  # noise from the prior
     assert metrics["eval/prior_gap"] == pytest.approx(metrics["eval/swd_ratio"] / metrics["eval/posterior_swd_ratio"])
     assert metrics["eval/prior_gap"] > 3
+
+
+def test_a_set_scored_alongside_gets_exactly_the_scores_it_gets_alone(real_faces):
+    """``quality_scores(also=...)`` scores an extra set in the same draws as the generated set:
+    as long as it, it meets the same reference, floor and rows, so its numbers must be those
+    of a call where it is the generated set, to the bit; and the generated set's must not move."""
+    reference, real, first, second = real_faces[:150], real_faces[150:300], real_faces[300:450], real_faces[450:600]
+    blurred = degrade(second, "blur", 1)
+    together = evaluation.quality_scores(reference, first, real, seed=3, draws=2, also={"posterior": blurred})
+    alone = evaluation.quality_scores(reference, blurred, real, seed=3, draws=2)
+    without = evaluation.quality_scores(reference, first, real, seed=3, draws=2)
+    metrics = [key for key in alone if not key.endswith(("_floor", "_floor_std", "_ratio")) and key not in ("count", "draws")]
+    assert {metric: together[f"posterior_{metric}"] for metric in metrics} == {metric: alone[metric] for metric in metrics}
+    assert together["posterior_swd_ratio"] == alone["swd_ratio"] > 1.5  # blurred: far from the floor
+    assert {key: together[key] for key in without} == without
+    with pytest.raises(ValueError, match="taken"):
+        evaluation.quality_scores(reference, first, real, seed=3, draws=2, also={"real": blurred})

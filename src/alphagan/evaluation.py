@@ -112,36 +112,36 @@ def posterior_samples(encoder: nn.Module, decoder: nn.Module, images: np.ndarray
     return np.concatenate(out)
 
 
-def prior_gap(encoder: nn.Module, decoder: nn.Module, reference: np.ndarray, train_images: np.ndarray,
-              prior_swd_ratio: float, num_generated: int, count: int, seed: int, draws: int, batch_size: int,
-              device: torch.device) -> dict[str, float]:
-    """The same instruments on **posterior** samples: one z ~ q(z|x) per training image
-    through the decoder, scored against the prior samples' reference draws (and their
-    floor draws too when the training set holds at least ``num_generated`` images), as
-    ``posterior_<metric>`` for every metric with ``posterior_swd_ratio_std``, and
-    ``prior_gap`` = prior ``swd_ratio`` / ``posterior_swd_ratio``.
+def training_posterior_samples(encoder: nn.Module, decoder: nn.Module, train_images: np.ndarray, num_generated: int,
+                               seed: int, batch_size: int, device: torch.device) -> np.ndarray:
+    """:func:`posterior_samples` of ``num_generated`` seeded random training images (all of them when fewer)."""
+    rows = np.sort(np.random.default_rng([seed, 1]).choice(len(train_images), min(len(train_images), num_generated),
+                                                           replace=False))
+    return posterior_samples(encoder, decoder, train_images[rows], seed, batch_size, device)
+
+
+def prior_gap(quality: dict[str, float]) -> dict[str, float]:
+    """The same instruments on **posterior** samples, from :func:`quality_scores` run with
+    ``also={"posterior": training_posterior_samples(...)}``: one z ~ q(z|x) per training
+    image through the decoder, scored in the prior samples' draws (the same reference and
+    floor images). Returns ``posterior_<metric>`` for every metric, ``posterior_swd_ratio_std``
+    and ``prior_gap`` = prior ``swd_ratio`` / ``posterior_swd_ratio``.
 
     A VAE's prior samples can be no better than what its decoder draws where
     reconstruction trained it; comparing the two says whether quality is lost between
     the aggregate posterior and N(0, I) (gap above 1) or in the decoder itself. It also
-    tests the instruments: on the 4,620-step default checkpoint a person sees clean, soft
-    faces from the posterior and speckled, scrambled ones from the prior, and
-    ``fd_random`` and precision agree, while ``swd_ratio`` ranks the prior samples far
-    ahead (gap 0.36): patch SWD weighs lost fine detail (its 32 px band) far above
-    incoherent layout with the right local texture (README, "What a default run gives").
-    Only computed against the held-out val split: reconstructions of the reference's own
-    images would be paired with their originals.
+    tests the instruments: on the 4,620-step default checkpoint of the spectral-norm
+    discriminator a person saw clean, soft faces from the posterior and speckled, scrambled
+    ones from the prior, and ``fd_random`` and precision agreed, while ``swd_ratio`` ranked
+    the prior samples far ahead (gap 0.36): patch SWD weighs lost fine detail (its 32 px
+    band) far above incoherent layout with the right local texture (README, "What a
+    default run gives"). Only computed against the held-out val split: reconstructions of
+    the reference's own images would be paired with their originals.
     """
-    rows = np.sort(np.random.default_rng([seed, 1]).choice(len(train_images), min(len(train_images), num_generated),
-                                                           replace=False))
-    posterior = posterior_samples(encoder, decoder, train_images[rows], seed, batch_size, device)
-    scores = score_at_equal_counts(reference, {"generated": posterior, "real": train_images}, count, draws, seed,
-                                   batch_size, device)
-    posterior_scores = scores["generated"]
-    ratio = posterior_scores["swd_ratio"]
-    out = {f"posterior_{metric}": summary.mean for metric, summary in posterior_scores.items()}
-    out.update({"posterior_swd_ratio_std": ratio.std,
-                "prior_gap": prior_swd_ratio / ratio.mean if ratio.mean > 0 else float("nan")})
+    out = {key: value for key, value in quality.items() if key.startswith("posterior_") and not key.endswith("_std")}
+    out["posterior_swd_ratio_std"] = quality["posterior_swd_ratio_std"]
+    ratio = quality["posterior_swd_ratio"]
+    out["prior_gap"] = quality["swd_ratio"] / ratio if ratio > 0 else float("nan")
     return out
 
 
@@ -176,7 +176,7 @@ def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
 
 def quality_scores(reference: np.ndarray, generated: np.ndarray, held_out_real: np.ndarray | None, seed: int,
                    draws: int = 3, count: int | None = None, batch_size: int = 100,
-                   device: torch.device | None = None) -> dict[str, float]:
+                   device: torch.device | None = None, also: dict[str, np.ndarray] | None = None) -> dict[str, float]:
     """Generated vs real at equal counts, against the same reference draws.
 
     For each metric ``m``: ``m`` (generated, mean over draws), ``m_std`` (its spread over
@@ -187,12 +187,22 @@ def quality_scores(reference: np.ndarray, generated: np.ndarray, held_out_real: 
 
     ``held_out_real=None``: the floor is drawn from ``reference`` itself, in each draw the
     half not used as the reference (a few-shot set scored against its training images).
+
+    ``also``: more image sets (each at least ``count`` long) scored in the same draws,
+    against the same reference and floor images, which are featurised and scored once
+    for all: ``<name>_<metric>`` and ``<name>_<metric>_std`` for each. A set as long as
+    ``generated`` is drawn at the same rows, so the two are paired.
     """
     split = held_out_real is None
     if count is None:
         count = min(len(reference) // 2, len(generated)) if split else min(len(reference), len(generated), len(held_out_real))
     candidates = {"generated": generated} if split else {"generated": generated, "real": held_out_real}
-    scores = score_at_equal_counts(reference, candidates, count, draws, seed, batch_size, device, floor_from_reference=split)
+    also = also or {}
+    if clash := set(also) & {"generated", "real"}:
+        raise ValueError(f"quality_scores: also= names {sorted(clash)} are taken by the generated set and the floor")
+    # After the generated set and the floor: their draws stay those of a call without `also`.
+    scores = score_at_equal_counts(reference, {**candidates, **also}, count, draws, seed, batch_size, device,
+                                   floor_from_reference=split)
     out: dict[str, float] = {"count": count, "draws": draws}
     for metric, summary in scores["generated"].items():
         floor = scores["real"][metric]
@@ -200,6 +210,9 @@ def quality_scores(reference: np.ndarray, generated: np.ndarray, held_out_real: 
                     f"{metric}_floor_std": floor.std})
         if metric in RATIO_METRICS:
             out[f"{metric}_ratio"] = summary.mean / floor.mean if floor.mean > 0 else float("nan")
+    for name in also:
+        for metric, summary in scores[name].items():
+            out.update({f"{name}_{metric}": summary.mean, f"{name}_{metric}_std": summary.std})
     return out
 
 
@@ -252,8 +265,13 @@ def evaluate_model(
     against_train = mode == "train"
     scored_against = train_images if against_train else val_images
     fake = generate(decoder, num_samples, latent_dim, seed, batch_size, device)
+    # Posterior samples are scored in the same draws as the prior ones (see prior_gap).
+    also = {} if against_train else {
+        "posterior": training_posterior_samples(encoder, decoder, train_images, len(fake), seed, batch_size, device)}
     quality = quality_scores(scored_against, fake, None if against_train else train_images, seed, draws=draws,
-                             batch_size=batch_size, device=device)
+                             batch_size=batch_size, device=device, also=also)
+    gap = prior_gap(quality) if also else {}
+    quality = {key: value for key, value in quality.items() if not key.startswith("posterior_")}
     metrics: dict[str, Any] = {f"eval/{k}": v for k, v in quality.items()}
     metrics["eval/num_generated"] = len(fake)
     metrics["eval/reference_train"] = int(against_train)
@@ -267,10 +285,7 @@ def evaluate_model(
     metrics["eval/small_sample"] = int(bool(warnings))
 
     reconstructed = reconstruct(encoder, decoder, scored_against, batch_size, device)
-    if not against_train:
-        metrics.update({f"eval/{k}": v for k, v in prior_gap(encoder, decoder, scored_against, train_images,
-                                                              quality["swd_ratio"], len(fake), quality["count"], seed, draws,
-                                                              batch_size, device).items()})
+    metrics.update({f"eval/{k}": v for k, v in gap.items()})
     metrics.update({f"eval/{k}": v for k, v in reconstruction_quality(scored_against, reconstructed).items()})
 
     memo = memorisation_report(fake, train_images, None if against_train else val_images, shown=nearest)
