@@ -1,7 +1,8 @@
-"""Exploration on a GPU: train many settings side by side, score them all at equal counts.
+"""Exploration: train many settings side by side, score them all at equal counts.
 
 Each entry of a JSON list trains in its own process (all at once: tiny 32 px models leave
-a big GPU idle) for a fixed number of steps, in fp32 so that results carry over to the
+a big GPU idle; on a CPU each process takes one thread, so a few entries a core keep
+every core busy) for a fixed number of steps, in fp32 so that results carry over to the
 CPU, then is scored with the same instruments as the evaluate stage against the val
 split of ``data/prepared``. A ``"dcgan": true`` entry trains the DCGAN anchor instead.
 Prints one row per entry and writes ``results.json`` and a contact sheet of the sample
