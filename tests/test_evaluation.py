@@ -50,6 +50,11 @@ def test_kid_matches_the_written_out_formula():
     assert size == 12 and ours == pytest.approx(reference_kid(x, y), rel=1e-10)
     _, _, subset = kernel_distance(x[:5], y, subsets=3)  # fewer samples than the subset size
     assert subset == 5
+    # Both sets within one subset: every subset is all of both, so one is computed (std exactly 0).
+    whole, spread, size = kernel_distance(x, y, subsets=50)
+    assert size == 12 and spread == 0.0 and whole == pytest.approx(reference_kid(x, y), rel=1e-10)
+    # Subsets smaller than the sets still differ from one another.
+    assert kernel_distance(x, y, subsets=50, subset_size=6)[1] > 0
 
 
 def reference_precision_recall(real, fake, k=3):

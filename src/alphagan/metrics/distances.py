@@ -46,7 +46,10 @@ def kernel_distance(real: np.ndarray, fake: np.ndarray, subsets: int = 100, subs
     """KID (Binkowski et al. 2018): unbiased MMD^2 with the kernel (x.y / d + 1)^3.
 
     Averaged over random subsets; the subset size shrinks to the smaller sample count, so
-    few samples never crash. Returns (mean, std over subsets, subset size). Unbiased:
+    few samples never crash. When both sets fit in one subset, every subset would hold all
+    of both in some order, which MMD^2 does not see: one subset is computed, not ``subsets``
+    copies of it (the evaluate stage's 300 a side: 50 identical subsets before). Returns
+    (mean, std over subsets, subset size). Unbiased:
     its real-vs-real value scatters around 0, so it is read against that scatter, not
     as a ratio.
     """
@@ -54,6 +57,8 @@ def kernel_distance(real: np.ndarray, fake: np.ndarray, subsets: int = 100, subs
     size = min(subset_size, len(real), len(fake))
     if size < 2:
         raise ValueError("KID needs at least 2 samples on each side")
+    if size == len(real) == len(fake):
+        subsets = 1
     rng = np.random.default_rng(seed)
     dim = real.shape[1]
     scores = []
