@@ -330,6 +330,13 @@ def reconstruction_count(batch: int, fraction: float) -> int:
     return max(1, round(batch * fraction))
 
 
+def discriminate_in_one_pass(discriminator: Discriminator, groups: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every group through the discriminator as one concatenated batch; (logits, features) per group."""
+    logits, features = discriminator(torch.cat(groups))
+    sizes = [group.shape[0] for group in groups]
+    return list(zip(logits.split(sizes), features.split(sizes), strict=True))
+
+
 def discriminate(discriminator: Discriminator, groups: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The discriminator's (logits, features) for each image group, in order.
 
@@ -342,9 +349,7 @@ def discriminate(discriminator: Discriminator, groups: list[torch.Tensor]) -> li
     zero-filled gradient of the whole of it in the backward pass.
     """
     if not discriminator.has_batch_norm:
-        logits, features = discriminator(torch.cat(groups))
-        sizes = [group.shape[0] for group in groups]
-        return list(zip(logits.split(sizes), features.split(sizes), strict=True))
+        return discriminate_in_one_pass(discriminator, groups)
     return [discriminator(group) for group in groups]
 
 
