@@ -7,6 +7,11 @@ is scored against the val split at equal counts beside the undamaged images (the
 A metric may judge samples only if every rung passes (``alphagan.metrics.baselines.
 ladder_verdicts``); ``tests/test_metrics_ladder.py`` asserts it for the validated metrics.
 
+A second table scores damage on top of damage (``COMPOUND``: pixel noise on blurred
+images) against the base damage alone: a metric that calls blur + noise closer to real
+than blur alone rewards grain that hides a smear, so it cannot choose between a smooth
+recipe and a grainy one by itself (README, "How the defaults were chosen").
+
     python benchmarks/metrics_ladder.py [--params params.yaml] [--count 300] [--draws 3]
 """
 
@@ -20,7 +25,8 @@ import numpy as np
 
 from alphagan.config import load_params
 from alphagan.evaluation import VALIDATED_METRICS
-from alphagan.metrics.baselines import ladder_sets, ladder_verdicts, score_at_equal_counts
+from alphagan.metrics.baselines import (COMPOUND, compound_sets, compound_verdicts, ladder_sets, ladder_verdicts,
+                                        score_at_equal_counts)
 
 
 def main() -> None:
@@ -43,7 +49,8 @@ def main() -> None:
     args.count = count
     source = train[np.sort(np.random.default_rng(params.seed).choice(len(train), min(len(train), 2 * args.count), replace=False))]
     start = time.perf_counter()
-    scores = score_at_equal_counts(val, {"real": source, **ladder_sets(source, params.seed)}, args.count, args.draws, params.seed)
+    damaged = {**ladder_sets(source, params.seed), **compound_sets(source, params.seed)}
+    scores = score_at_equal_counts(val, {"real": source, **damaged}, args.count, args.draws, params.seed)
     seconds = time.perf_counter() - start
     metrics = list(scores["real"])
     verdicts = {metric: ladder_verdicts(scores, metric) for metric in metrics}
@@ -52,6 +59,8 @@ def main() -> None:
     print("| rung          | " + " | ".join(f"{m:>16}" for m in metrics) + " |")
     print("|---------------|" + "|".join("-" * 18 for _ in metrics) + "|")
     for rung, summary in scores.items():
+        if "+" in rung:
+            continue
         cells = []
         for metric in metrics:
             mark = "" if rung == "real" or verdicts[metric][rung] == "ok" else " x"
@@ -62,6 +71,22 @@ def main() -> None:
         failed = {rung: why for rung, why in verdicts[metric].items() if why != "ok"}
         status = "passes every rung" if not failed else f"fails {len(failed)}: " + "; ".join(f"{r}: {w}" for r, w in failed.items())
         print(f"{metric:<17} {'(validated) ' if metric in VALIDATED_METRICS else ''}{status}")
+
+    compounds = {metric: compound_verdicts(scores, metric) for metric in metrics}
+    print("\nDamage on damage: must score worse than its base rung alone ('x': judged no worse)\n")
+    print("| rung                | " + " | ".join(f"{m:>16}" for m in metrics) + " |")
+    print("|---------------------|" + "|".join("-" * 18 for _ in metrics) + "|")
+    for name in [base for base, _ in COMPOUND] + [f"{base}+{added}" for base, added in COMPOUND]:
+        cells = []
+        for metric in metrics:
+            mark = " x" if "+" in name and compounds[metric][name] != "ok" else ""
+            cells.append(f"{scores[name][metric].mean:.4g} ±{scores[name][metric].std:.2g}{mark}".rjust(16))
+        print(f"| {name:<19} | " + " | ".join(cells) + " |")
+    print()
+    for metric in metrics:
+        failed = [name for name, why in compounds[metric].items() if why != "ok"]
+        print(f"{metric:<17} " + ("worse with the added damage on every base" if not failed
+                                  else "rewards the added damage on " + ", ".join(failed)))
 
 
 if __name__ == "__main__":
