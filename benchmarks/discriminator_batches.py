@@ -10,7 +10,8 @@ evaluate stage's instruments beside the real-data floor. The mixed variant exist
 here: it swaps ``training.discriminate`` for ``training.discriminate_in_one_pass`` (what a
 spectral-norm discriminator gets), which is exactly the code that was replaced. Prints a table (not a test) and writes both grids side by side.
 
-    python benchmarks/discriminator_batches.py [--steps 2000] [--seed 0] [--out reports/discriminator-batches.png]
+    python benchmarks/discriminator_batches.py [--steps 2000] [--seed 0] [--set train.KEY=VALUE ...]
+                                               [--out reports/discriminator-batches.png]
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 
 from alphagan import training
 from alphagan.benchmarking import machine_line
-from alphagan.config import load_params, with_overrides
+from alphagan.config import ConfigError, load_params, with_overrides
 from alphagan.evaluation import generate, image_grid, quality_scores
 from alphagan.plots import side_by_side
 
@@ -37,9 +38,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000, help="steps of each run (fewer if the default run is shorter)")
     parser.add_argument("--seed", type=int, default=None, help="default: params.yaml's seed")
     parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a train.* param of both runs (repeatable), e.g. to rerun an earlier default")
     parser.add_argument("--out", default="reports/discriminator-batches.png")
     args = parser.parse_args()
-    params = with_overrides(load_params(args.params), [f"train.max_steps={args.steps}"])
+    if any(not assignment.startswith("train.") for assignment in args.set):
+        raise SystemExit("discriminator_batches: --set changes train.* params only (the prepared data is fixed)")
+    try:
+        params = with_overrides(load_params(args.params), [*args.set, f"train.max_steps={args.steps}"])
+    except ConfigError as exc:
+        raise SystemExit(f"discriminator_batches: {exc}") from None
     if params.train.spectral_norm:
         raise SystemExit("discriminator_batches: the params have spectral_norm: true (no batch norm): nothing to compare")
     seed = params.seed if args.seed is None else args.seed
