@@ -34,7 +34,7 @@ def test_resume_with_changed_hyperparameters_is_refused_naming_them(tmp_path, im
         train(*images, tiny_params(max_steps=4, resume=True, lr=0.001, kl_weight=2.0).train, 16, 0, tmp_path / "c.pt")
     message = str(info.value)
     assert "hyper-parameters changed" in message and "\n" not in message
-    assert "train.lr 0.0005 -> 0.001" in message and "train.kl_weight 32.0 -> 2.0" in message
+    assert "train.lr 0.0005 -> 0.001" in message and "train.kl_weight 8.0 -> 2.0" in message
     assert "max_steps" not in message
     with pytest.raises(TrainingError, match="seed 0 -> 1"):
         train(*images, tiny_params(max_steps=4, resume=True).train, 16, 1, tmp_path / "c.pt")

@@ -133,7 +133,7 @@ class TrainParams(_Section):
     reconstruction_fraction: float = Field(1.0, gt=0, le=1)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     spectral_norm: bool = False
-    kl_weight: float = Field(32.0, ge=0)
+    kl_weight: float = Field(8.0, ge=0)
     kl_warmup_steps: int = Field(500, ge=0)
     feature_weight: float = Field(100.0, ge=0)
     feature_layer: int = Field(1, ge=1)
