@@ -10,7 +10,7 @@ ladder_verdicts``); ``tests/test_metrics_ladder.py`` asserts it for the validate
 A second table scores damage on top of damage (``COMPOUND``: pixel noise on blurred
 images) against the base damage alone: a metric that calls blur + noise closer to real
 than blur alone rewards grain that hides a smear, so it cannot choose between a smooth
-recipe and a grainy one by itself (README, "How the defaults were chosen").
+recipe and a grainy one by itself (README, "Damage on damage").
 
     python benchmarks/metrics_ladder.py [--params params.yaml] [--count 300] [--draws 3]
 """

@@ -210,7 +210,8 @@ def ladder_sets(images: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
 #: Fresh pixel noise on a blurred image puts energy back into the finest band that the
 #: blur took out, so any statistic of band energy can call blur + noise *closer* to real
 #: than blur alone, while a person sees both damages. Measured (``benchmarks/metrics_ladder.py``,
-#: README "How the defaults were chosen"): every metric here fails at least one of them.
+#: README "Damage on damage"): ``swd_ratio`` fails both; the metrics that pass both
+#: (``kid_random``, ``recall_random``, ``swd_8``) fail the single-damage ladder.
 COMPOUND: tuple[tuple[str, str], ...] = (("blur/0", "noise/0"), ("blur/1", "noise/0"))
 
 
