@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from alphagan import training
-from alphagan.benchmarking import machine_line
-from alphagan.config import ConfigError, load_params, with_overrides
+from alphagan.benchmarking import machine_line, params_with_train_overrides
 from alphagan.evaluation import generate, image_grid, quality_scores
 from alphagan.plots import side_by_side
 
@@ -42,12 +41,7 @@ def main() -> None:
                         help="override a train.* param of both runs (repeatable), e.g. to rerun an earlier default")
     parser.add_argument("--out", default="reports/discriminator-batches.png")
     args = parser.parse_args()
-    if any(not assignment.startswith("train.") for assignment in args.set):
-        raise SystemExit("discriminator_batches: --set changes train.* params only (the prepared data is fixed)")
-    try:
-        params = with_overrides(load_params(args.params), [*args.set, f"train.max_steps={args.steps}"])
-    except ConfigError as exc:
-        raise SystemExit(f"discriminator_batches: {exc}") from None
+    params = params_with_train_overrides(args.params, [*args.set, f"train.max_steps={args.steps}"], "discriminator_batches")
     if params.train.spectral_norm:
         raise SystemExit("discriminator_batches: the params have spectral_norm: true (no batch norm): nothing to compare")
     seed = params.seed if args.seed is None else args.seed

@@ -25,8 +25,13 @@ import numpy as np
 
 from alphagan.config import load_params
 from alphagan.evaluation import VALIDATED_METRICS
-from alphagan.metrics.baselines import (COMPOUND, compound_sets, compound_verdicts, ladder_sets, ladder_verdicts,
+from alphagan.metrics.baselines import (COMPOUND, DrawSummary, compound_sets, compound_verdicts, ladder_sets, ladder_verdicts,
                                         score_at_equal_counts)
+
+
+def cell(summary: DrawSummary, failed: bool) -> str:
+    """One table cell: mean ± spread over the draws, ' x' where the metric fails the rung."""
+    return f"{summary.mean:.4g} ±{summary.std:.2g}{' x' if failed else ''}".rjust(16)
 
 
 def main() -> None:
@@ -61,10 +66,7 @@ def main() -> None:
     for rung, summary in scores.items():
         if "+" in rung:
             continue
-        cells = []
-        for metric in metrics:
-            mark = "" if rung == "real" or verdicts[metric][rung] == "ok" else " x"
-            cells.append(f"{summary[metric].mean:.4g} ±{summary[metric].std:.2g}{mark}".rjust(16))
+        cells = [cell(summary[metric], rung != "real" and verdicts[metric][rung] != "ok") for metric in metrics]
         print(f"| {'floor (real)' if rung == 'real' else rung:<13} | " + " | ".join(cells) + " |")
     print()
     for metric in metrics:
@@ -77,10 +79,7 @@ def main() -> None:
     print("| rung                | " + " | ".join(f"{m:>16}" for m in metrics) + " |")
     print("|---------------------|" + "|".join("-" * 18 for _ in metrics) + "|")
     for name in [base for base, _ in COMPOUND] + [f"{base}+{added}" for base, added in COMPOUND]:
-        cells = []
-        for metric in metrics:
-            mark = " x" if "+" in name and compounds[metric][name] != "ok" else ""
-            cells.append(f"{scores[name][metric].mean:.4g} ±{scores[name][metric].std:.2g}{mark}".rjust(16))
+        cells = [cell(scores[name][metric], "+" in name and compounds[metric][name] != "ok") for metric in metrics]
         print(f"| {name:<19} | " + " | ".join(cells) + " |")
     print()
     for metric in metrics:

@@ -28,8 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alphagan.benchmarking import machine_line
-from alphagan.config import ConfigError, load_params, with_overrides
+from alphagan.benchmarking import machine_line, params_with_train_overrides
 from alphagan.dcgan import DcganConfig, train_dcgan
 from alphagan.evaluation import VALIDATED_METRICS, generate, image_grid, quality_scores
 from alphagan.metrics.memorisation import memorisation_report
@@ -49,12 +48,7 @@ def main() -> None:
                         help="override a param of the VAE-GAN's run (repeatable)")
     parser.add_argument("--out", default="reports/quality.png")
     args = parser.parse_args()
-    if any(not assignment.startswith("train.") for assignment in args.set):
-        raise SystemExit("quality: --set changes train.* params only (the prepared data is fixed for both models)")
-    try:
-        params = with_overrides(load_params(args.params), args.set)
-    except ConfigError as exc:
-        raise SystemExit(f"quality: {exc}") from None
+    params = params_with_train_overrides(args.params, args.set, "quality")
     seed = params.seed if args.seed is None else args.seed
     prepared = Path(params.paths.prepared)
     if not (prepared / "train.npy").exists():

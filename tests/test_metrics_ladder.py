@@ -64,6 +64,7 @@ def test_a_compound_rung_holds_both_damages(real_faces):
 
 def test_compound_verdicts_pass_a_metric_that_sees_both_damages_and_fail_one_that_rewards_the_second():
     rungs = [base for base, _ in COMPOUND] + [f"{base}+{added}" for base, added in COMPOUND]
+
     def scored(compound_value):
         return {rung: {metric: DrawSummary(compound_value if "+" in rung else 1.0, 0.1, ()) for metric in ("m", "recall_random")}
                 for rung in rungs}

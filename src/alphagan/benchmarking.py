@@ -18,6 +18,10 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from alphagan.config import Params
 
 #: Largest (max - min) / median of a side's rounds for its numbers to count.
 MAX_SPREAD = 0.25
@@ -111,3 +115,21 @@ def result_of(process, queue, what: str):
             if not process.is_alive():
                 raise SystemExit(f"{what}: the benchmark process died (exit code {process.exitcode}) before reporting; "
                                  "its error is printed above") from None
+
+
+def params_with_train_overrides(params_path: str, assignments: list[str], script: str) -> Params:
+    """The params file with a benchmark's ``--set train.KEY=VALUE`` assignments applied.
+
+    Only ``train.*`` may change: the benchmark reads the prepared data that ``dvc repro
+    prepare`` wrote from the file as it is. Any other section, or a bad value, ends the
+    script with a one-line reason that names it. (The config module is imported here, not
+    at the top: the timing helpers above stay free of pydantic's start-up.)
+    """
+    from alphagan.config import ConfigError, load_params, with_overrides
+
+    if any(not assignment.startswith("train.") for assignment in assignments):
+        raise SystemExit(f"{script}: --set changes train.* params only (the prepared data is fixed)")
+    try:
+        return with_overrides(load_params(params_path), assignments)
+    except ConfigError as exc:
+        raise SystemExit(f"{script}: {exc}") from None
