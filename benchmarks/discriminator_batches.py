@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from alphagan import training
-from alphagan.benchmarking import machine_line, params_with_train_overrides
+from alphagan.benchmarking import machine_line, params_with_train_overrides, png_output
 from alphagan.evaluation import generate, image_grid, quality_scores
 from alphagan.plots import side_by_side
 
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a train.* param of both runs (repeatable), e.g. to rerun an earlier default")
-    parser.add_argument("--out", default="reports/discriminator-batches.png")
+    parser.add_argument("--out", default="reports/discriminator-batches.png", type=png_output)
     args = parser.parse_args()
     params = params_with_train_overrides(args.params, [*args.set, f"train.max_steps={args.steps}"], "discriminator_batches")
     if params.train.spectral_norm:
@@ -81,7 +81,7 @@ def main() -> None:
               + " | ".join(f"{score[m]:9.4f} ±{score[m + '_std']:<5.3f}" for m in shown) + " |")
     print(f"| {'real floor':<31} | {'':>5} | {'':>7} | "
           + " | ".join(f"{first[m + '_floor']:9.4f} ±{first[m + '_floor_std']:<5.3f}" for m in shown) + " |")
-    out = Path(args.out)
+    out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     side_by_side({f"{label}, {runs[label][0]} steps": image_grid(images[:64], 8) for label, images in generated.items()}).save(out)
     print(f"grids side by side: {out}")

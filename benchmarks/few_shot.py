@@ -32,7 +32,7 @@ import numpy as np
 import yaml
 
 from alphagan.augment import AUGMENTATIONS
-from alphagan.benchmarking import machine_line
+from alphagan.benchmarking import machine_line, png_output
 from alphagan.config import load_params
 from alphagan.evaluation import VALIDATED_METRICS, evaluate_model, generate, image_grid
 from alphagan.metrics.baselines import ladder_sets, ladder_verdicts, score_at_equal_counts
@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--policy", default=DIFFAUGMENT, help=f"the DiffAugment run's policy (default {DIFFAUGMENT})")
     parser.add_argument("--draws", type=int, default=10, help="random half splits per score")
     parser.add_argument("--samples", type=int, default=1000)
-    parser.add_argument("--out", default="reports/few_shot.png")
+    parser.add_argument("--out", default="reports/few_shot.png", type=png_output)
     args = parser.parse_args()
     benchmark_started = time.perf_counter()
     if args.images_only:
@@ -171,7 +171,7 @@ def main() -> None:
         verdict = (f"DiffAugment better by {a - b:.3f}" if b < a else f"DiffAugment worse by {b - a:.3f}") + \
             (f", beyond twice the larger spread ({margin:.3f})" if abs(a - b) > margin else f", within twice the larger spread ({margin:.3f}): not shown")
         print(f"\n{metric}: {verdict}")
-    out = Path(args.out)
+    out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     grids = {f"training images ({len(train_images)})": image_grid(train_images[:64], 8)}
     grids.update({f"{label} ({run['steps']} steps)": image_grid(run["samples"], 8) for label, run in runs.items()})

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alphagan.benchmarking import machine_line
+from alphagan.benchmarking import machine_line, png_output
 from alphagan.evaluation import VALIDATED_METRICS, generate, image_grid, posterior_samples, quality_scores, to_uint8
 from alphagan.metrics.memorisation import memorisation_report
 from alphagan.plots import side_by_side
@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--components", default="10,50", help="mixture sizes, comma-separated (empty: none)")
     parser.add_argument("--draws", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="reports/latent_prior.png")
+    parser.add_argument("--out", default="reports/latent_prior.png", type=png_output)
     args = parser.parse_args()
     checkpoint, prepared = Path(args.checkpoint), Path(args.prepared)
     for needed, how in ((checkpoint, "dvc repro train"), (prepared / "train.npy", "dvc repro prepare"),
@@ -135,7 +135,7 @@ def main() -> None:
                   (score[metric] - prior[metric]) * (1 if metric in HIGHER_IS_BETTER else -1)
                   > score[metric + "_std"] + prior[metric + "_std"]]
         print(f"{metric}: beyond both spreads better than N(0, I): {', '.join(better) if better else 'none'}")
-    out = Path(args.out)
+    out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     side_by_side({name: image_grid(images[:64], 8) for name, images in generated.items()}).save(out)
     print(f"grids side by side: {out}; {time.perf_counter() - started:.0f} s")

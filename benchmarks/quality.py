@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alphagan.benchmarking import machine_line, params_with_train_overrides
+from alphagan.benchmarking import machine_line, params_with_train_overrides, png_output
 from alphagan.dcgan import DcganConfig, train_dcgan
 from alphagan.evaluation import VALIDATED_METRICS, generate, image_grid, quality_scores
 from alphagan.metrics.memorisation import memorisation_report
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a param of the VAE-GAN's run (repeatable)")
-    parser.add_argument("--out", default="reports/quality.png")
+    parser.add_argument("--out", default="reports/quality.png", type=png_output)
     args = parser.parse_args()
     params = params_with_train_overrides(args.params, args.set, "quality")
     seed = params.seed if args.seed is None else args.seed
@@ -95,7 +95,7 @@ def main() -> None:
     for label, key in (("memorisation ratio", "ratio"), ("copy fraction", "copy_fraction")):
         print(f"| {label:<17} | {'-':>9} | {getattr(memo['DCGAN'], key):16.3f} | {getattr(memo['VAE-GAN'], key):16.3f} | "
               f"{(1.0 if key == 'ratio' else 0.01):16.3f} | {'':>7} |")
-    out = Path(args.out)
+    out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     side_by_side({f"DCGAN anchor ({dcgan_steps} steps)": image_grid(generated["DCGAN"][:64], 8),
                   f"VAE-GAN ({result.step} steps)": image_grid(generated["VAE-GAN"][:64], 8)}).save(out)

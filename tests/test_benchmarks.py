@@ -178,3 +178,19 @@ def test_train_benchmark_counts_every_flop_of_a_step_once():
         assert counts[8][which] == 2 * counts[4][which] > 0, counts
     # The VAE-GAN runs an encoder, a decoder over 2B latents and its discriminator over 3B images.
     assert 1.5 < counts[8]["VAE-GAN"] / counts[8]["DCGAN"] < 2.5, counts
+
+
+@pytest.mark.parametrize(("script", "wrong"), [("quality.py", "no-suffix"), ("discriminator_batches.py", "."),
+                                             ("few_shot.py", "grid.jpg"), ("latent_prior.py", "a-folder.png/")])
+def test_a_picture_path_that_is_not_a_png_is_refused_before_any_work(script, wrong, tmp_path):
+    # quality.py once trained both models for 15 minutes, printed its table, then died with a
+    # traceback on `--out reports/some-folder`: the picture was lost.
+    (tmp_path / "a-folder.png").mkdir()
+    out = str(tmp_path / wrong)
+    done = subprocess.run([sys.executable, f"benchmarks/{script}", "--out", out], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"argument --out: {out!r} is not a .png file path" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert [path.name for path in tmp_path.iterdir()] == ["a-folder.png"]  # nothing written
+    assert not any((tmp_path / "a-folder.png").iterdir())

@@ -13,11 +13,13 @@ A ratio of two throughputs is only a result when each side's rounds agree. On a 
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -133,3 +135,12 @@ def params_with_train_overrides(params_path: str, assignments: list[str], script
         return with_overrides(load_params(params_path), assignments)
     except ConfigError as exc:
         raise SystemExit(f"{script}: {exc}") from None
+
+
+def png_output(value: str) -> Path:
+    """``argparse`` type of a benchmark's ``--out`` picture: a ``.png`` path, checked before any
+    work (a directory or a suffix Pillow cannot name was refused only after the whole run)."""
+    path = Path(value)
+    if path.suffix.lower() != ".png" or path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value!r} is not a .png file path (the picture is written as a PNG)")
+    return path
