@@ -8,13 +8,19 @@ Target on CPU: VAE-GAN >= 0.6x DCGAN (issue 12). On a GPU add ``--device cuda --
 bf16 autocast, target peak memory <= 1.25 GB.
 
     python benchmarks/train.py [--size 64] [--batch 64] [--width 32] [--steps 10] [--rounds 3] [--device cpu]
-                               [--profile 5]
+                               [--profile 5] [--compile]
 
 The FLOPs of one step of each model (``torch.utils.flop_counter``: convolutions and matrix
 products, forward and backward) give the ratio the two would reach at the same FLOP rate:
 the FLOP-bound throughput ratio. A target above it asks the VAE-GAN to run its convolutions
 faster per FLOP than the DCGAN runs the same kernels, which no change that keeps the maths
 can promise.
+
+``--compile`` adds a third side: the same VAE-GAN step with its three networks through
+``torch.compile`` (inductor), the "fusing" route to a faster step that keeps the maths. Its
+warm-up column includes the compilation, cold (an empty inductor cache in every round), which a
+training run pays once; the compiled step's FLOPs are not counted (the counter sees the eager
+graph only), and ``--profile`` compiles it once more.
 
 ``--profile N`` then runs N more steps of each model under ``torch.profiler`` (after the
 timed rounds, so it perturbs none of them) and prints where the time goes: convolutions
@@ -25,16 +31,21 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import resource
+import shutil
+import tempfile
 import time
 
 import numpy as np
 import torch
 
-from alphagan.benchmarking import interleaved, machine_line, ratio, result_of, verdict
+from alphagan.benchmarking import UNSTABLE, interleaved, machine_line, ratio, result_of, verdict
 from alphagan.config import parse_params
 from alphagan.dcgan import Dcgan, DcganConfig
 from alphagan.training import VaeGan, model_config, to_tensor, train_step
+
+COMPILED = "VAE-GAN compiled"  # the --compile side
 
 
 def dcgan_stepper(size, batch, width, device, autocast):
@@ -42,15 +53,22 @@ def dcgan_stepper(size, batch, width, device, autocast):
     return lambda real, _step: model.step(real, autocast)
 
 
-def vaegan_stepper(size, batch, width, device, autocast):
+def vaegan_stepper(size, batch, width, device, autocast, compiled: bool = False):
     # Unset params take config.py's defaults, which are params.yaml's (tests/test_config.py checks).
     params = parse_params({"data": {"image_size": size}, "train": {"base_channels": width, "max_channels": width * 8,
                                                                      "batch_size": batch, "device": device.type}}).train
     model = VaeGan.build(model_config(params, size), params, device)
+    if compiled:  # compiled on their first call, inside the untimed warm-up
+        for network in (model.encoder, model.decoder, model.discriminator):
+            network.compile(dynamic=False)
     return lambda real, step: train_step(model, real, params, step, autocast)
 
 
-STEPPERS = {"DCGAN": dcgan_stepper, "VAE-GAN": vaegan_stepper}
+def compiled_vaegan_stepper(size, batch, width, device, autocast):
+    return vaegan_stepper(size, batch, width, device, autocast, compiled=True)
+
+
+STEPPERS = {"DCGAN": dcgan_stepper, "VAE-GAN": vaegan_stepper, COMPILED: compiled_vaegan_stepper}
 
 
 def step_inputs(device_name: str):
@@ -76,8 +94,8 @@ def warmed_up_step(which: str, device: torch.device, autocast, real: torch.Tenso
     return step
 
 
-def measure(which: str, steps: int, device_name: str) -> tuple[float, int]:
-    """(images/s, peak memory bytes) of ``steps`` training steps of one model.
+def measure(which: str, steps: int, device_name: str) -> tuple[float, int, float]:
+    """(images/s, peak memory bytes, warm-up seconds) of ``steps`` training steps of one model.
 
     Runs in a fresh process (see main), so on CPU the growth of peak RSS over the
     imports belongs to this model alone.
@@ -86,10 +104,12 @@ def measure(which: str, steps: int, device_name: str) -> tuple[float, int]:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    warm_up_start = time.perf_counter()
     step = warmed_up_step(which, device, autocast, real)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
+    warm_up = start - warm_up_start
     for i in range(steps):
         step(real, 3 + i)
     if device.type == "cuda":
@@ -97,7 +117,7 @@ def measure(which: str, steps: int, device_name: str) -> tuple[float, int]:
         peak = torch.cuda.max_memory_allocated(device)
     else:
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) * 1024
-    return steps * ARGS.batch / (time.perf_counter() - start), peak
+    return steps * ARGS.batch / (time.perf_counter() - start), peak, warm_up
 
 
 def step_flops(which: str, device_name: str) -> int:
@@ -137,10 +157,17 @@ def profile_steps(which: str, steps: int, device_name: str, top: int = 5) -> str
 def _child(which: str, steps: int, device_name: str, args: argparse.Namespace, results) -> None:
     global ARGS
     ARGS = args
-    results.put(measure(which, steps, device_name))
+    if which != COMPILED:
+        results.put(measure(which, steps, device_name))
+        return
+    # A cold compilation in every round, as a first training run pays it: inductor's on-disk
+    # cache would otherwise serve the second round (and any later run) from the first.
+    with tempfile.TemporaryDirectory(prefix="inductor-") as cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+        results.put(measure(which, steps, device_name))
 
 
-def in_fresh_process(which: str, steps: int, device_name: str) -> tuple[float, int]:
+def in_fresh_process(which: str, steps: int, device_name: str) -> tuple[float, int, float]:
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     process = context.Process(target=_child, args=(which, steps, device_name, ARGS, results))
@@ -161,16 +188,24 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="then profile N steps of each model and print where the time goes")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the VAE-GAN step with its networks through torch.compile")
     ARGS = args = parser.parse_args()
+    if args.compile and torch.device(args.device).type == "cpu" and not any(map(shutil.which, ("g++", "clang++", "c++"))):
+        parser.error("--compile on the CPU needs a C++ compiler (torch inductor builds its kernels with one): "
+                     "install g++ (Debian: apt-get install g++)")
     # Alternate the two models round by round, each in its own process: a shared machine's
     # slow minute then hits both. A side whose rounds disagree gives no ratio at all.
     print(machine_line())
-    memory_peaks: dict[str, int] = {"DCGAN": 0, "VAE-GAN": 0}
+    sides = ["DCGAN", "VAE-GAN"] + ([COMPILED] if args.compile else [])
+    memory_peaks: dict[str, int] = dict.fromkeys(sides, 0)
+    warm_ups: dict[str, list[float]] = {which: [] for which in sides}
 
     def program(which: str):
         def run_once() -> float:
-            ips, peak = in_fresh_process(which, args.steps, args.device)
+            ips, peak, warm_up = in_fresh_process(which, args.steps, args.device)
             memory_peaks[which] = max(memory_peaks[which], peak)
+            warm_ups[which].append(warm_up)
             return ips
         return run_once
 
@@ -181,14 +216,16 @@ def main() -> None:
     memory = "CUDA max allocated" if device.type == "cuda" else "peak RSS growth"
     print(f"\n{args.size} px, batch {args.batch}, width {args.width}, {precision}, {name}; "
           f"{args.rounds} interleaved rounds x {args.steps} steps, each model in its own process\n")
-    flops = {which: step_flops(which, args.device) for which in runs}  # after the rounds: it perturbs none
-    print(f"| {'model':<10} | {'images/s min / median / max (spread)':>38} | {memory + ' MiB':>24} | {'GFLOP / step':>12} "
-          f"| {'GFLOP/s (median)':>16} |")
-    print(f"|{'-' * 12}|{'-' * 40}|{'-' * 26}|{'-' * 14}|{'-' * 18}|")
+    # After the rounds: it perturbs none. The compiled side has the eager side's FLOPs, not counted again.
+    flops = {which: step_flops(which, args.device) for which in runs if which != COMPILED}
+    print(f"| {'model':<16} | {'images/s min / median / max (spread)':>38} | {memory + ' MiB':>24} | {'GFLOP / step':>12} "
+          f"| {'GFLOP/s (median)':>16} | {'warm-up s (median)':>18} |")
+    print(f"|{'-' * 18}|{'-' * 40}|{'-' * 26}|{'-' * 14}|{'-' * 18}|{'-' * 20}|")
     for which, rounds in runs.items():
-        rate = rounds.median / args.batch * flops[which] / 1e9
-        print(f"| {which:<10} | {rounds.summary():>38} | {memory_peaks[which] / 2**20:24.1f} | {flops[which] / 1e9:12.2f} "
-              f"| {rate:16.1f} |")
+        count = f"{flops[which] / 1e9:12.2f}" if which in flops else f"{'-':>12}"
+        rate = f"{rounds.median / args.batch * flops[which] / 1e9:16.1f}" if which in flops else f"{'-':>16}"
+        print(f"| {which:<16} | {rounds.summary():>38} | {memory_peaks[which] / 2**20:24.1f} | {count} "
+              f"| {rate} | {np.median(warm_ups[which]):18.1f} |")
     print()
     measured = ratio(runs["VAE-GAN"], runs["DCGAN"])
     print(verdict(measured, 0.6, "VAE-GAN / DCGAN throughput (medians)"))
@@ -197,12 +234,17 @@ def main() -> None:
           + ("" if bound >= 0.6 else ": the 0.6x target is above it"))
     if measured is not None:
         print(f"VAE-GAN FLOP rate / DCGAN FLOP rate: {measured / bound:.2f}")
+    if args.compile:
+        gained = ratio(runs[COMPILED], runs["VAE-GAN"])
+        extra = np.median(warm_ups[COMPILED]) - np.median(warm_ups["VAE-GAN"])
+        print("torch.compile, compiled / eager VAE-GAN step (medians): "
+              + (f"{gained:.2f}x, after {extra:.1f} s more warm-up (the compilation)" if gained is not None else UNSTABLE))
     if device.type == "cuda":
         vaegan_mem = memory_peaks["VAE-GAN"]
         print(f"VAE-GAN peak CUDA memory {vaegan_mem / 2**30:.2f} GiB (target <= 1.25 GB): {'MET' if vaegan_mem <= 1.25e9 else 'NOT MET'}")
     if args.profile:
         print(f"\nwhere the time goes (torch.profiler, self time of each op, {args.profile} steps after a warm-up):")
-        for which in STEPPERS:
+        for which in runs:
             print("  " + profile_steps(which, args.profile, args.device))
 
 if __name__ == "__main__":

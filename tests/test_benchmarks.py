@@ -12,7 +12,7 @@ from tests.conftest import REPO_ROOT
 SMALL_RUNS = {
     "prepare.py": ["--count", "120", "--size", "32", "--rounds", "2"],
     "data_path.py": ["--count", "150", "--size", "32", "--rounds", "2"],
-    "train.py": ["--size", "16", "--batch", "8", "--width", "8", "--steps", "2", "--rounds", "2", "--profile", "2"],
+    "train.py": ["--size", "16", "--batch", "8", "--width", "8", "--steps", "2", "--rounds", "2", "--profile", "2", "--compile"],
     "scale.py": ["--size", "16", "--batch", "8", "--width", "8", "--nproc", "2", "--steps", "2", "--rounds", "2", "--device", "cpu"],
     "evaluate.py": ["--images", "20", "--size", "32", "--dim", "64", "--rounds", "2"],
     "memmap_read.py": ["--images", "300", "--sizes", "16,32", "--batch", "8", "--batches", "5", "--rounds", "2"],
@@ -31,9 +31,16 @@ def test_benchmark_prints_its_table(script):
     assert "busy with other work before the run" in done.stdout  # every table says how quiet the machine was
     if script == "train.py":  # --profile: where each model's step time goes
         profiled = [line.strip() for line in done.stdout.splitlines() if " s over 2 steps; convolutions " in line]
-        assert [line.split(":")[0] for line in profiled] == ["DCGAN", "VAE-GAN"], done.stdout
+        assert [line.split(":")[0] for line in profiled] == ["DCGAN", "VAE-GAN", "VAE-GAN compiled"], done.stdout
         bound = next(line for line in done.stdout.splitlines() if line.startswith("FLOP-bound ratio"))
         assert 0.0 < float(bound.split(": ")[1].split("x")[0]) < 1.0, bound  # the VAE-GAN step does more work
+        # --compile: the third side has its own row, no FLOP count of its own, and a warm-up that holds the
+        # compilation (seconds, against milliseconds for the eager steps at this size).
+        table = {cells[0]: cells for cells in ([c.strip() for c in row.strip("|").split("|")] for row in rows)}
+        compiled, eager = table["VAE-GAN compiled"], table["VAE-GAN"]
+        assert compiled[3] == compiled[4] == "-" and eager[3] != "-", (compiled, eager)
+        assert float(compiled[5]) > float(eager[5]) + 1.0, (compiled, eager)
+        assert "torch.compile, compiled / eager VAE-GAN step (medians): " in done.stdout
     assert " / " in rows[2] and "%" in rows[2]  # min / median / max (spread), never a bare number
 
 
