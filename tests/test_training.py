@@ -199,6 +199,14 @@ def test_ema_follows_the_warm_up_formula(images):
     counts = [torch.tensor(5)]
     update(counts, [torch.tensor(9)], torch.tensor(3))  # integer buffers follow the live model
     assert counts[0].item() == 9
+    slower = ema_with_warmup(0.999, ramp=3)  # a longer average: decay (1 + n) / (3 + n)
+    averaged = [torch.zeros(3)]
+    slower(averaged, current, torch.tensor(0))  # decay 1/3: two thirds of the live weights
+    assert torch.allclose(averaged[0], torch.full((3,), 2 / 3))
+    slower(averaged, [torch.full((3,), 2.0)], torch.tensor(7))  # decay 8/10
+    assert torch.allclose(averaged[0], torch.full((3,), 0.8 * 2 / 3 + 0.2 * 2.0))
+    with pytest.raises(ValueError, match="ramp must be > 1"):
+        ema_with_warmup(0.999, ramp=1)  # decay (1 + n) / (1 + n) = 1: the average would never move
 
 
 def test_spectral_norm_off_gives_a_batch_norm_discriminator_that_trains(tmp_path, images):

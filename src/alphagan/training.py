@@ -63,6 +63,10 @@ class TrainingCallbacks:
     def on_images(self, step: int, epoch: int, images: dict[str, np.ndarray]) -> None:
         """HxWx3 uint8 grids at the end of an epoch: ``samples_ema``, ``samples_raw``, ``reconstructions``."""
 
+    def on_step(self, step: int, model: VaeGan) -> None:
+        """After every optimiser step (``step`` counts them, from 1): the networks as they now
+        are, to read, not to change (a benchmark keeps more averages of the decoder here)."""
+
 
 def autocast_for(device: torch.device, precision: str):
     """A factory of autocast contexts: bf16 when ``precision`` is bf16, or auto on CUDA;
@@ -88,18 +92,27 @@ def select_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def ema_with_warmup(decay: float):
-    """EMA update whose decay ramps up as min(decay, (1 + n) / (10 + n)) over updates n.
+#: The EMA ramp's constant: the decay after n updates is (1 + n) / (EMA_RAMP + n) until it
+#: reaches ``train.ema_decay``, an average over about (EMA_RAMP + n) / (EMA_RAMP - 1) steps:
+#: ~11% of the run so far (``benchmarks/ema_horizon.py`` compares others on one training run).
+EMA_RAMP = 10.0
+
+
+def ema_with_warmup(decay: float, ramp: float = EMA_RAMP):
+    """EMA update whose decay ramps up as min(decay, (1 + n) / (ramp + n)) over updates n.
 
     A fixed 0.995 keeps ~40% of the random initialisation after 170 steps, and an
     average of random and trained weights draws grey squares; the ramp (as in
-    TensorFlow's ExponentialMovingAverage with num_updates) follows the live decoder early.
+    TensorFlow's ExponentialMovingAverage with num_updates, ramp 10) follows the live
+    decoder early. A smaller ``ramp`` (> 1) averages over a longer stretch of the run.
     """
+    if ramp <= 1:
+        raise ValueError(f"ema ramp must be > 1, got {ramp}")
 
     @torch.no_grad()
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
         n = float(num_averaged)
-        effective = min(decay, (1 + n) / (10 + n))
+        effective = min(decay, (1 + n) / (ramp + n))
         if torch.is_floating_point(averaged[0]):
             torch._foreach_lerp_(averaged, current, 1 - effective)
         else:  # integer buffers (BatchNorm's num_batches_tracked): follow the live model
@@ -573,6 +586,8 @@ def train(
         step += 1
         window_images += batch_size
         bar.update(1)
+        if main:
+            callbacks.on_step(step, model)
         if main and (step % params.log_every == 0 or step == total_steps):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
