@@ -201,3 +201,42 @@ def test_a_picture_path_that_is_not_a_png_is_refused_before_any_work(script, wro
     assert "Traceback" not in done.stderr
     assert [path.name for path in tmp_path.iterdir()] == ["a-folder.png"]  # nothing written
     assert not any((tmp_path / "a-folder.png").iterdir())
+
+
+@pytest.mark.slow
+def test_ema_horizon_benchmark_keeps_one_average_per_ramp_on_one_run(real_faces, write_params, tmp_path):
+    """benchmarks/ema_horizon.py at a tiny length: its ramp-10 average is the run's own EMA
+    (checked by the script, bit for bit), every ramp and the raw decoder get a scored row, the
+    decays are those of the formula, and different horizons give different samples."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.test_training import TINY_TRAIN
+
+    params = write_params({"data": {"image_size": 32}, "train": {**TINY_TRAIN, "max_steps": 12, "checkpoint_every": 100}})
+    prepared = tmp_path / "data" / "prepared"
+    prepared.mkdir(parents=True)
+    np.save(prepared / "train.npy", real_faces[:200])
+    np.save(prepared / "val.npy", real_faces[200:300])
+    out = tmp_path / "ema.png"
+    done = subprocess.run([sys.executable, "benchmarks/ema_horizon.py", "--params", str(params), "--ramps", "2,3",
+                           "--samples", "100", "--out", str(out)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "the ramp-10 average is the run's own EMA decoder, bit for bit: True" in done.stdout
+    rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                          for line in done.stdout.splitlines() if line.startswith("| "))}
+    assert set(rows) == {"decoder", "ramp 2", "ramp 3", "ramp 10", "raw decoder", "real floor"}
+    # 12 steps = 12 updates; the last is update n = 11: decay (1 + 11) / (r + 11), under the 0.999 cap.
+    for ramp in (2, 3, 10):
+        assert rows[f"ramp {ramp}"][1] == f"{12 / (ramp + 11):.5f}", rows[f"ramp {ramp}"]
+    assert rows["raw decoder"][1] == "-" and rows["real floor"][3].startswith("1.0000")  # swd_ratio's floor is 1
+    # Four decoders, four sets of samples (12 steps: the averages reach 12/13, 12/14 and 12/21 of their past).
+    swd = {name: rows[name][3] for name in ("ramp 2", "ramp 3", "ramp 10", "raw decoder")}
+    assert len(set(swd.values())) == 4, swd
+    assert Image.open(out).size[0] > 3.5 * Image.open(out).size[1]  # the four grids side by side
+
+
+def test_ema_horizon_refuses_a_ramp_that_never_averages():
+    done = subprocess.run([sys.executable, "benchmarks/ema_horizon.py", "--ramps", "3,1"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "every ramp must be > 1" in done.stderr, done.stderr[-2000:]
