@@ -21,10 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 from alphagan import training
-from alphagan.benchmarking import machine_line, params_with_train_overrides, png_output
+from alphagan.benchmarking import machine_line, params_with_train_overrides, png_output, prepared_arrays
 from alphagan.evaluation import generate, image_grid, quality_scores
 from alphagan.plots import side_by_side
 
@@ -45,10 +44,7 @@ def main() -> None:
     if params.train.spectral_norm:
         raise SystemExit("discriminator_batches: the params have spectral_norm: true (no batch norm): nothing to compare")
     seed = params.seed if args.seed is None else args.seed
-    prepared = Path(params.paths.prepared)
-    if not (prepared / "train.npy").exists():
-        raise SystemExit(f"discriminator_batches: {prepared / 'train.npy'} is missing; run `dvc repro prepare` first")
-    train_images, val_images = np.load(prepared / "train.npy"), np.load(prepared / "val.npy")
+    train_images, val_images = prepared_arrays(params, "discriminator_batches")
     device = training.select_device(params.train.device)
     machine = machine_line()
 

@@ -27,11 +27,10 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from alphagan.benchmarking import machine_line, params_with_train_overrides, png_output
+from alphagan.benchmarking import machine_line, params_with_train_overrides, png_output, prepared_arrays
 from alphagan.evaluation import VALIDATED_METRICS, generate, image_grid, quality_scores
 from alphagan.plots import side_by_side
 from alphagan.training import EMA_RAMP, TrainingCallbacks, VaeGan, ema_with_warmup, train
@@ -84,10 +83,7 @@ def main() -> None:
     args = parser.parse_args()
     params = params_with_train_overrides(args.params, args.set, "ema_horizon")
     seed = params.seed if args.seed is None else args.seed
-    prepared = Path(params.paths.prepared)
-    if not (prepared / "train.npy").exists():
-        raise SystemExit(f"ema_horizon: {prepared / 'train.npy'} is missing; run `dvc repro prepare` first")
-    train_images, val_images = np.load(prepared / "train.npy"), np.load(prepared / "val.npy")
+    train_images, val_images = prepared_arrays(params, "ema_horizon")
     size, cap = params.data.image_size, params.train.ema_decay
     machine = machine_line()
     ramps = sorted(set(args.ramps) | {EMA_RAMP})  # the run's own ramp is always a row: the check below needs it

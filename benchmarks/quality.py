@@ -25,10 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from alphagan.benchmarking import machine_line, params_with_train_overrides, png_output
+from alphagan.benchmarking import machine_line, params_with_train_overrides, png_output, prepared_arrays
 from alphagan.dcgan import DcganConfig, train_dcgan
 from alphagan.evaluation import VALIDATED_METRICS, generate, image_grid, quality_scores
 from alphagan.metrics.memorisation import memorisation_report
@@ -50,10 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     params = params_with_train_overrides(args.params, args.set, "quality")
     seed = params.seed if args.seed is None else args.seed
-    prepared = Path(params.paths.prepared)
-    if not (prepared / "train.npy").exists():
-        raise SystemExit(f"quality: {prepared / 'train.npy'} is missing; run `dvc repro prepare` first")
-    train_images, val_images = np.load(prepared / "train.npy"), np.load(prepared / "val.npy")
+    train_images, val_images = prepared_arrays(params, "quality")
     size = params.data.image_size
     device = select_device(params.train.device)
     busy = os.getloadavg()[0]

@@ -240,3 +240,15 @@ def test_ema_horizon_refuses_a_ramp_that_never_averages():
     done = subprocess.run([sys.executable, "benchmarks/ema_horizon.py", "--ramps", "3,1"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "every ramp must be > 1" in done.stderr, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("script", ["quality.py", "discriminator_batches.py", "ema_horizon.py"])
+def test_a_benchmark_without_prepared_data_says_how_to_make_it(script, write_params, tmp_path):
+    params = write_params()  # paths.prepared under tmp_path: nothing there yet
+    (tmp_path / "data" / "prepared").mkdir(parents=True)
+    (tmp_path / "data" / "prepared" / "train.npy").write_bytes(b"")  # half a prepare: val.npy is missing
+    done = subprocess.run([sys.executable, f"benchmarks/{script}", "--params", str(params)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr[-2000:]
+    name = script.removesuffix(".py")
+    assert done.stderr.strip() == f"{name}: {tmp_path / 'data' / 'prepared' / 'val.npy'} is missing; run `dvc repro prepare` first"

@@ -137,6 +137,18 @@ def params_with_train_overrides(params_path: str, assignments: list[str], script
         raise SystemExit(f"{script}: {exc}") from None
 
 
+def prepared_arrays(params: Params, script: str):
+    """(train, val) uint8 arrays from ``paths.prepared``; a missing split ends ``script`` with
+    one line that says how to make it."""
+    import numpy as np
+
+    prepared = Path(params.paths.prepared)
+    for split in ("train.npy", "val.npy"):
+        if not (prepared / split).exists():
+            raise SystemExit(f"{script}: {prepared / split} is missing; run `dvc repro prepare` first")
+    return np.load(prepared / "train.npy"), np.load(prepared / "val.npy")
+
+
 def png_output(value: str) -> Path:
     """``argparse`` type of a benchmark's ``--out`` picture: a ``.png`` path, checked before any
     work (a directory or a suffix Pillow cannot name was refused only after the whole run)."""
