@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from alphagan import training
 from alphagan.benchmarking import machine_line, params_with_train_overrides, png_output, prepared_arrays
 from alphagan.evaluation import generate, image_grid, quality_scores

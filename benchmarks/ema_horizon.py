@@ -22,7 +22,6 @@ the training or the run's own EMA (its ramp stays below 0.999 for 8,990 steps).
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import tempfile
 from pathlib import Path
@@ -33,7 +32,7 @@ from torch.optim.swa_utils import AveragedModel
 from alphagan.benchmarking import machine_line, params_with_train_overrides, png_output, prepared_arrays
 from alphagan.evaluation import VALIDATED_METRICS, generate, image_grid, quality_scores
 from alphagan.plots import side_by_side
-from alphagan.training import EMA_RAMP, TrainingCallbacks, VaeGan, ema_with_warmup, train
+from alphagan.training import EMA_RAMP, TrainingCallbacks, VaeGan, ema_with_warmup, ramped_decay, train
 
 SHOWN = ["swd_ratio", "swd_32", "swd_16", "swd_8", "fd_random", "precision_random", "recall_random"]
 
@@ -50,24 +49,21 @@ def ramp_list(value: str) -> list[float]:
 
 
 class ExtraAverages(TrainingCallbacks):
-    """One more EMA of the decoder per ramp, each updated after every step of the run."""
+    """One more EMA of the decoder per ramp, each updated after every step of the run; keeps
+    the run's model, whose own EMA and raw decoder are the rows to compare with."""
 
     def __init__(self, ramps: list[float], decay: float):
         self.ramps, self.decay = ramps, decay
         self.averages: dict[float, AveragedModel] = {}
+        self.model: VaeGan | None = None
 
     def on_step(self, step: int, model: VaeGan) -> None:
         if not self.averages:  # after the first step, as the run's own EMA takes its first copy then
+            self.model = model
             self.averages = {ramp: AveragedModel(model.decoder, multi_avg_fn=ema_with_warmup(self.decay, ramp), use_buffers=True)
                              for ramp in self.ramps}
         for average in self.averages.values():
             average.update_parameters(model.decoder)
-
-
-def final_decay(ramp: float, cap: float, updates: int) -> float:
-    """The decay of the last update of an EMA that has made ``updates`` updates."""
-    n = updates - 1
-    return min(cap, (1 + n) / (ramp + n))
 
 
 def main() -> None:
@@ -91,16 +87,12 @@ def main() -> None:
     averages = ExtraAverages(ramps, cap)
     with tempfile.TemporaryDirectory() as scratch:
         result = train(train_images, val_images, params.train, size, seed, Path(scratch) / "checkpoint.pt", callbacks=averages)
-        state = torch.load(Path(scratch) / "checkpoint.pt", map_location="cpu", weights_only=True)
     decoders = {ramp: average.module.eval() for ramp, average in averages.averages.items()}
-    own = copy.deepcopy(decoders[EMA_RAMP])
-    own.load_state_dict({k.removeprefix("module."): v for k, v in state["models"]["ema_decoder"].items() if k.startswith("module.")})
-    own_state, ours = own.state_dict(), decoders[EMA_RAMP].state_dict()
+    own_state, ours = averages.model.generator().state_dict(), decoders[EMA_RAMP].state_dict()
     identical = all(torch.equal(own_state[key], ours[key]) for key in own_state)
     if not identical:
         raise SystemExit("ema_horizon: the ramp-10 average differs from the run's own EMA decoder; the comparison is void")
-    raw = copy.deepcopy(own)
-    raw.load_state_dict(state["models"]["decoder"])
+    raw = averages.model.decoder
 
     device = torch.device("cpu")
     latent_dim = params.train.latent_dim
@@ -124,7 +116,7 @@ def main() -> None:
         if name == "raw decoder":
             decay, horizon = "-", "-"
         else:
-            last = final_decay(float(name.split()[1]), cap, result.step)
+            last = ramped_decay(result.step - 1, cap, float(name.split()[1]))  # the last update is number steps - 1
             decay, horizon = f"{last:.5f}", f"{1 / (1 - last):.0f}"
         print(f"| {name:<12} | {decay:>10} | {horizon:>7} | " + " | ".join(
             f"{score[m]:>13.4f} ±{score[m + '_std']:<7.3f}" for m in shown) + " |")

@@ -30,6 +30,7 @@ timed rounds, so it perturbs none of them) and prints where the time goes: convo
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing
 import os
 import resource
@@ -64,11 +65,7 @@ def vaegan_stepper(size, batch, width, device, autocast, compiled: bool = False)
     return lambda real, step: train_step(model, real, params, step, autocast)
 
 
-def compiled_vaegan_stepper(size, batch, width, device, autocast):
-    return vaegan_stepper(size, batch, width, device, autocast, compiled=True)
-
-
-STEPPERS = {"DCGAN": dcgan_stepper, "VAE-GAN": vaegan_stepper, COMPILED: compiled_vaegan_stepper}
+STEPPERS = {"DCGAN": dcgan_stepper, "VAE-GAN": vaegan_stepper, COMPILED: functools.partial(vaegan_stepper, compiled=True)}
 
 
 def step_inputs(device_name: str):

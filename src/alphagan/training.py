@@ -98,6 +98,11 @@ def select_device(requested: str) -> torch.device:
 EMA_RAMP = 10.0
 
 
+def ramped_decay(n: float, decay: float, ramp: float = EMA_RAMP) -> float:
+    """The EMA's decay at its update ``n`` (from 0): min(decay, (1 + n) / (ramp + n))."""
+    return min(decay, (1 + n) / (ramp + n))
+
+
 def ema_with_warmup(decay: float, ramp: float = EMA_RAMP):
     """EMA update whose decay ramps up as min(decay, (1 + n) / (ramp + n)) over updates n.
 
@@ -111,8 +116,7 @@ def ema_with_warmup(decay: float, ramp: float = EMA_RAMP):
 
     @torch.no_grad()
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
-        n = float(num_averaged)
-        effective = min(decay, (1 + n) / (ramp + n))
+        effective = ramped_decay(float(num_averaged), decay, ramp)
         if torch.is_floating_point(averaged[0]):
             torch._foreach_lerp_(averaged, current, 1 - effective)
         else:  # integer buffers (BatchNorm's num_batches_tracked): follow the live model
