@@ -160,7 +160,12 @@ def patch_descriptors(images: np.ndarray, patches_per_image: int = 128, patch_si
 
 def _sorted_projections(points: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
     # (directions, points), sorted along the contiguous last axis: 3x faster than sorting columns.
-    return torch.sort(directions.T @ points.T, dim=1).values
+    projected = directions.T @ points.T
+    if projected.device.type != "cpu" or projected.requires_grad:
+        return torch.sort(projected, dim=1).values
+    # On the CPU numpy's vectorised sort gives the same values ~6x faster than torch.sort
+    # (256 x 19,200 float32: 24 against 141 ms on 2 cores); it was most of evaluate's SWD time.
+    return torch.from_numpy(np.sort(projected.numpy(), axis=1))
 
 
 def _unit_directions(dimension: int, count: int, seed: int) -> torch.Tensor:
