@@ -1,11 +1,12 @@
-"""Benchmark: feature extraction speed per backbone, and the 2048-d Fréchet distance
-against the scipy.linalg.sqrtm reference, in one run. Prints a table.
+"""Benchmark: feature extraction speed per backbone, the 2048-d Fréchet distance against
+the scipy.linalg.sqrtm reference, and the SWD's sort of its projections against torch.sort,
+in one run. Prints a table each.
 
 The InceptionV3 row runs torch-fidelity's network with the real 2015 weights when they
 are in the torch hub cache, else with random weights of the same shapes: the speed is
 the same, the features are not (marked in the table).
 
-    python benchmarks/evaluate.py [--images 200] [--size 64] [--dim 2048]
+    python benchmarks/evaluate.py [--images 200] [--size 64] [--dim 2048] [--swd-images 300]
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 
 from alphagan.benchmarking import UNSTABLE, Rounds, interleaved, machine_line, ratio
 from alphagan.evaluation import find_inception_weights
-from alphagan.metrics.distances import frechet_distance
+from alphagan.metrics.distances import _sorted_projections, _unit_directions, frechet_distance
 from alphagan.metrics.features import RandomFeatures, extract
 
 
@@ -51,6 +52,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--dim", type=int, default=2048)
+    parser.add_argument("--swd-images", type=int, default=300, help="images a side of one SWD comparison (evaluate's count)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (>= 2 for a ratio)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -80,7 +82,7 @@ def main() -> None:
         covmean = scipy.linalg.sqrtm(s1 @ s2)
         return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean.real))
 
-    values: dict[str, float] = {}
+    values: dict[str, object] = {}
 
     def per_second(name, fn):  # rates (calls per second), so higher is better like every other table
         def run() -> float:
@@ -101,6 +103,27 @@ def main() -> None:
     print(f"\nrelative difference {abs(ours - ref) / abs(ref):.2e}")
     speedup = ratio(fd["alphagan (two symmetric eigh)"], fd["scipy.linalg.sqrtm reference"])
     print(f"speed-up over scipy: {UNSTABLE if speedup is None else f'{speedup:.1f}x'}")
+
+    # The SWD's finest band: 64 patches of 7x7x3 per image projected on 256 directions, each
+    # direction's projections sorted (MultiscaleSWD's defaults, one side of one comparison).
+    points = torch.from_numpy(rng.normal(size=(args.swd_images * 64, 147)).astype(np.float32))
+    units = _unit_directions(147, 256, seed=0)
+    sorts = {"alphagan (numpy sort on the CPU)": lambda: _sorted_projections(points, units),
+             "torch.sort reference": lambda: torch.sort(units.T @ points.T, dim=1).values}
+    for fn in sorts.values():
+        fn()  # warm-up: the first call allocates
+    swd = interleaved({name: per_second(name, fn) for name, fn in sorts.items()}, args.rounds)
+    print(f"\nSorted SWD projections, 256 directions x {args.swd_images * 64:,} patches ({torch.get_num_threads()} threads); "
+          f"{args.rounds} interleaved rounds:\n")
+    print(f"| {'implementation':<34} | {'milliseconds min / median / max (spread)':>42} |")
+    print(f"|{'-' * 36}|{'-' * 44}|")
+    for name, rounds in swd.items():
+        milliseconds = Rounds(name, tuple(1e3 / v for v in rounds.values))
+        print(f"| {name:<34} | {milliseconds.summary(1):>42} |")
+    same = torch.equal(values["alphagan (numpy sort on the CPU)"], values["torch.sort reference"])
+    print(f"\nthe same values: {same}")
+    speedup = ratio(swd["alphagan (numpy sort on the CPU)"], swd["torch.sort reference"])
+    print(f"speed-up over torch.sort: {UNSTABLE if speedup is None else f'{speedup:.1f}x'}")
 
 if __name__ == "__main__":
     main()

@@ -14,7 +14,7 @@ SMALL_RUNS = {
     "data_path.py": ["--count", "150", "--size", "32", "--rounds", "2"],
     "train.py": ["--size", "16", "--batch", "8", "--width", "8", "--steps", "2", "--rounds", "2", "--profile", "2", "--compile"],
     "scale.py": ["--size", "16", "--batch", "8", "--width", "8", "--nproc", "2", "--steps", "2", "--rounds", "2", "--device", "cpu"],
-    "evaluate.py": ["--images", "20", "--size", "32", "--dim", "64", "--rounds", "2"],
+    "evaluate.py": ["--images", "20", "--size", "32", "--dim", "64", "--swd-images", "20", "--rounds", "2"],
     "memmap_read.py": ["--images", "300", "--sizes", "16,32", "--batch", "8", "--batches", "5", "--rounds", "2"],
 }
 
@@ -41,6 +41,9 @@ def test_benchmark_prints_its_table(script):
         assert compiled[3] == compiled[4] == "-" and eager[3] != "-", (compiled, eager)
         assert float(compiled[5]) > float(eager[5]) + 1.0, (compiled, eager)
         assert "torch.compile, compiled / eager VAE-GAN step (medians): " in done.stdout
+    if script == "evaluate.py":  # the SWD's numpy sort against torch.sort: timed, and checked to agree
+        assert "Sorted SWD projections, 256 directions x 1,280 patches" in done.stdout
+        assert "the same values: True" in done.stdout
     assert " / " in rows[2] and "%" in rows[2]  # min / median / max (spread), never a bare number
 
 
