@@ -163,8 +163,8 @@ def _sorted_projections(points: torch.Tensor, directions: torch.Tensor) -> torch
     projected = directions.T @ points.T
     if projected.device.type != "cpu" or projected.requires_grad:
         return torch.sort(projected, dim=1).values
-    # On the CPU numpy's vectorised sort gives the same values ~6x faster than torch.sort
-    # (256 x 19,200 float32: 24 against 141 ms on 2 cores); it was most of evaluate's SWD time.
+    # On the CPU numpy's vectorised sort gives the same values several times faster than
+    # torch.sort (measured by benchmarks/evaluate.py); it was most of evaluate's SWD time.
     return torch.from_numpy(np.sort(projected.numpy(), axis=1))
 
 
