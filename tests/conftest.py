@@ -67,6 +67,17 @@ def write_params(tmp_path):
 def real_faces(tmp_path_factory):
     """600 real prepared faces at 32 px: DiceBear renders (all six default styles), decoded
     and resized as the prepare stage does, in a seeded random order."""
+    return _rendered_faces(tmp_path_factory, 600)
+
+
+@pytest.fixture(scope="session")
+def many_real_faces(tmp_path_factory):
+    """2,000 real prepared faces made as :func:`real_faces` is: enough for the classifier
+    two-sample test at the evaluate stage's 1,000 a side (about 8 s to render)."""
+    return _rendered_faces(tmp_path_factory, 2000)
+
+
+def _rendered_faces(tmp_path_factory, count: int):
     import numpy as np
 
     from alphagan.config import DicebearParams
@@ -75,7 +86,7 @@ def real_faces(tmp_path_factory):
 
     styles = ("adventurer", "lorelei", "notionists", "micah", "big-smile", "open-peeps")
     raw = tmp_path_factory.mktemp("faces")
-    render_avatars(DicebearParams(count=600, styles=styles), 32, 11, raw)
+    render_avatars(DicebearParams(count=count, styles=styles), 32, 11, raw)
     paths = sorted(raw.rglob("*.png"))
     faces = np.stack([prepare_image(p, 32) for p in paths])
     return faces[np.random.default_rng(0).permutation(len(faces))]
