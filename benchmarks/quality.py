@@ -34,7 +34,7 @@ from alphagan.metrics.memorisation import memorisation_report
 from alphagan.plots import side_by_side
 from alphagan.training import autocast_for, load_generator, select_device, train
 
-SHOWN = ["swd_ratio", "swd_32", "swd_16", "swd_8", "fd_random", "kid_random", "precision_random", "recall_random"]
+SHOWN = ["swd_ratio", "swd_32", "swd_16", "swd_8", "c2st_accuracy", "fd_random", "kid_random", "precision_random", "recall_random"]
 
 
 def main() -> None:
@@ -69,7 +69,7 @@ def main() -> None:
         "DCGAN": generate(dcgan.generator.eval(), args.samples, dcgan.config.latent_dim, seed, 250, device),
         "VAE-GAN": generate(decoder, args.samples, config.latent_dim, seed, 250, device),
     }
-    scores = {name: quality_scores(val_images, images, train_images, seed) for name, images in generated.items()}
+    scores = {name: quality_scores(val_images, images, train_images, seed, two_sample=True) for name, images in generated.items()}
     memo = {name: memorisation_report(images, train_images, val_images) for name, images in generated.items()}
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
@@ -79,7 +79,9 @@ def main() -> None:
     print(f"VAE-GAN: {result.step} steps in {vaegan_seconds:.0f} s; DCGAN: {dcgan_steps} steps in {dcgan_seconds:.0f} s")
     first = scores["VAE-GAN"]
     print(f"each metric: mean over {first['draws']} draws of {first['count']} images a side against the val split; "
-          "floor = held-out real (train) images scored the same way\n")
+          "floor = held-out real (train) images scored the same way; c2st_accuracy: a classifier's held-out accuracy "
+          f"between the samples and {first.get('c2st_count', 0)} training images a side (0.5 = chance; "
+          "alphagan.metrics.classifier)\n")
     print(f"| {'metric':<17} | {'validated':>9} | {'DCGAN':>16} | {'VAE-GAN':>16} | {'real floor':>16} | {'better':>7} |")
     print(f"|{'-' * 19}|{'-' * 11}|{'-' * 18}|{'-' * 18}|{'-' * 18}|{'-' * 9}|")
     higher_is_better = {"precision_random", "recall_random"}

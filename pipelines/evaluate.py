@@ -80,12 +80,15 @@ def log_evaluation(tracking, params: Params, run_id: str, reports: Path, trained
     bands = {k[9:]: v for k, v in numbers.items() if k.startswith("eval/swd_") and k[9:].isdigit()}
     gap = (f", posterior samples swd_ratio {numbers['eval/posterior_swd_ratio']:.3f} (prior gap {numbers['eval/prior_gap']:.2f}x)"
            if "eval/prior_gap" in numbers else "")
+    told_apart = (f", a classifier tells samples from training images {numbers['eval/c2st_accuracy']:.1%} of the time "
+                  f"(real images: {numbers['eval/c2st_accuracy_floor']:.1%}; {numbers['eval/c2st_count']} a side)"
+                  if "eval/c2st_accuracy" in numbers else "")
     print(f"evaluate: swd_ratio {numbers['eval/swd_ratio']:.3f} (real data: 1.0; bands {'/'.join(bands)} px: "
           f"{'/'.join(f'{v:.1f}' for v in bands.values())}) (fd_random {numbers['eval/fd_random']:.3f}, floor {numbers['eval/fd_random_floor']:.3f}; "
           f"{numbers['eval/count']} images a side, against {reference}), memorisation ratio {numbers['eval/memorisation_ratio']:.2f} "
           f"(copies {numbers['eval/copy_fraction']:.1%}), variety of backgrounds {numbers['eval/background_variety_ratio']:.2f} "
           f"and positions {numbers['eval/position_variety_ratio']:.2f} of the training set's, "
-          f"PSNR {numbers['eval/psnr']:.2f} dB{gap}; {note}")
+          f"PSNR {numbers['eval/psnr']:.2f} dB{gap}{told_apart}; {note}")
     print(champion_line(tracking, run_id, params.train.registered_model_name, numbers))
 
 

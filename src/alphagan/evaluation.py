@@ -8,7 +8,11 @@ for held-out real images (train split, disjoint from val): the floor
 
 Which metrics judge samples: only those that pass the degradation ladder
 (:data:`VALIDATED_METRICS`, checked by ``tests/test_metrics_ladder.py`` and printed by
-``benchmarks/metrics_ladder.py``). The others are reported for context.
+``benchmarks/metrics_ladder.py``). The others are reported for context. One of them is
+there to keep the validated one honest: the classifier two-sample test
+(``c2st_accuracy``, :mod:`alphagan.metrics.classifier`) tells every damage of the ladder
+from real faces and sees layout, which the patch SWD does not, but an accuracy stops at
+1.0, so it cannot rank strong damage above mild once both are told apart every time.
 
 The standard InceptionV3 FID (2015 TF weights, torch-fidelity) is computed when its
 weights can be had; offline without them it is not, and the result says why.
@@ -24,6 +28,7 @@ import torch
 from torch import nn
 
 from alphagan.metrics.baselines import RATIO_METRICS, score_at_equal_counts
+from alphagan.metrics.classifier import C2ST_METRIC, c2st_count, two_sample_scores
 from alphagan.metrics.distances import frechet_distance_of, kernel_distance
 from alphagan.metrics.features import extract
 from alphagan.errors import AlphaGanError
@@ -176,7 +181,8 @@ def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
 
 def quality_scores(reference: np.ndarray, generated: np.ndarray, held_out_real: np.ndarray | None, seed: int,
                    draws: int = 3, count: int | None = None, batch_size: int = 100,
-                   device: torch.device | None = None, also: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+                   device: torch.device | None = None, also: dict[str, np.ndarray] | None = None,
+                   two_sample: bool = False) -> dict[str, float]:
     """Generated vs real at equal counts, against the same reference draws.
 
     For each metric ``m``: ``m`` (generated, mean over draws), ``m_std`` (its spread over
@@ -192,6 +198,11 @@ def quality_scores(reference: np.ndarray, generated: np.ndarray, held_out_real: 
     against the same reference and floor images, which are featurised and scored once
     for all: ``<name>_<metric>`` and ``<name>_<metric>_std`` for each. A set as long as
     ``generated`` is drawn at the same rows, so the two are paired.
+
+    ``two_sample``: also the classifier two-sample test (:mod:`~alphagan.metrics.classifier`):
+    ``c2st_accuracy`` with ``_std``, ``_floor``, ``_floor_std`` and ``c2st_count``, against
+    the training images (``held_out_real``, or ``reference`` when that is None), in
+    ``draws`` draws. Not for ``also`` sets. Skipped (no keys) below 4 images a side.
     """
     split = held_out_real is None
     if count is None:
@@ -213,6 +224,12 @@ def quality_scores(reference: np.ndarray, generated: np.ndarray, held_out_real: 
     for name in also:
         for metric, summary in scores[name].items():
             out.update({f"{name}_{metric}": summary.mean, f"{name}_{metric}_std": summary.std})
+    pool = reference if split else held_out_real
+    if two_sample and (c2st_images := c2st_count(len(pool), len(generated))) >= 4:
+        tested = two_sample_scores(pool, {"generated": generated}, c2st_images, draws, seed, device=device)
+        summary, floor = tested["generated"][C2ST_METRIC], tested["real"][C2ST_METRIC]
+        out.update({C2ST_METRIC: summary.mean, f"{C2ST_METRIC}_std": summary.std, f"{C2ST_METRIC}_floor": floor.mean,
+                    f"{C2ST_METRIC}_floor_std": floor.std, "c2st_count": c2st_images})
     return out
 
 
@@ -269,7 +286,7 @@ def evaluate_model(
     also = {} if against_train else {
         "posterior": training_posterior_samples(encoder, decoder, train_images, len(fake), seed, batch_size, device)}
     quality = quality_scores(scored_against, fake, None if against_train else train_images, seed, draws=draws,
-                             batch_size=batch_size, device=device, also=also)
+                             batch_size=batch_size, device=device, also=also, two_sample=True)
     gap = prior_gap(quality) if also else {}
     quality = {key: value for key, value in quality.items() if not key.startswith("posterior_")}
     metrics: dict[str, Any] = {f"eval/{k}": v for k, v in quality.items()}
