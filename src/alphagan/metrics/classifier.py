@@ -84,13 +84,22 @@ def classifier_accuracy(reference: np.ndarray, candidate: np.ndarray, seed: int,
     test = np.r_[np.arange(held), count + np.arange(held)]
     train = np.setdiff1d(np.arange(2 * count), test)
 
-    torch.manual_seed(seed)  # the classifier's initial weights and its dropout masks
+    # The classifier's initial weights and dropout masks come from torch's global generator:
+    # seeded here, on a fork, so that scoring leaves the caller's random state as it was.
+    cuda_devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.manual_seed(seed)
+        return _train_and_score(images, labels, train, test, reference.shape[1], seed, epochs, batch_size, lr, device)
+
+
+def _train_and_score(images: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray, image_size: int, seed: int,
+                     epochs: int, batch_size: int, lr: float, device: torch.device) -> float:
     generator = torch.Generator().manual_seed(seed)
-    net = two_sample_classifier(reference.shape[1]).to(device)
+    net = two_sample_classifier(image_size).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-3)
     inputs, targets = _as_input(images[train], device), torch.from_numpy(labels[train]).to(device)
     steps = epochs * -(-len(train) // batch_size)
-    # Decayed to zero: the last weights are a settled classifier, not one step's noise.
+    # One cycle, ending near zero: the last weights are a settled classifier, not one step's noise.
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
     for _ in range(epochs):
         net.train()
