@@ -7,5 +7,7 @@ equal-count floors and degradation ladder that tell whether a distance means any
 - :mod:`~alphagan.metrics.baselines`: scoring at equal counts on random draws against a
   fixed reference, with the real-vs-real floor measured the same way; the ladder of
   degradations used to validate every metric.
+- :mod:`~alphagan.metrics.classifier`: the classifier two-sample test (``c2st_accuracy``): how
+  often a small CNN tells samples from real images, beside its real-vs-real floor.
 - :mod:`~alphagan.metrics.memorisation`: nearest neighbours in a colour-blind structure space.
 """
