@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-KEYS = ["swd_ratio", "swd_32", "swd_16", "swd_8", "fd_random", "kid_random", "precision_random", "recall_random"]
+KEYS = ["swd_ratio", "swd_32", "swd_16", "swd_8", "c2st_accuracy", "fd_random", "kid_random", "precision_random", "recall_random"]
 
 
 def run_entry(entry: dict, params_path: str, scratch: str, device_name: str) -> None:
@@ -60,7 +60,7 @@ def run_entry(entry: dict, params_path: str, scratch: str, device_name: str) -> 
     seconds = time.perf_counter() - start
     fake = generate(generator, 1000, latent_dim, seed, 250, device)
     Image.fromarray(image_grid(fake[:64], 8)).save(Path(scratch) / f"{entry['name']}.png")
-    scores = quality_scores(val_images, fake, train_images, seed=0)
+    scores = quality_scores(val_images, fake, train_images, seed=0, two_sample=True)
     (Path(scratch) / f"{entry['name']}.json").write_text(json.dumps({**entry, "train_seconds": round(seconds, 1), **scores}))
 
 
@@ -115,8 +115,8 @@ def print_table(rows: list[dict]) -> None:
     print(f"\n{len(rows)} entries; mean of {rows[0]['draws']} draws of {rows[0]['count']} images a side\n")
     print(f"| {'entry':<22} | {'steps':>5} | {'seed':>4} | " + " | ".join(f"{k:>9}" for k in KEYS) + " |")
     for row in rows:
-        print(f"| {row['name']:<22} | {row['steps']:>5} | {row.get('seed', 0):>4} | " + " | ".join(f"{row[k]:9.4f}" for k in KEYS) + " |")
-    print(f"| {'real floor':<22} | {'':>5} | {'':>4} | " + " | ".join(f"{rows[0][k + '_floor']:9.4f}" for k in KEYS) + " |")
+        print(f"| {row['name']:<22} | {row['steps']:>5} | {row.get('seed', 0):>4} | " + " | ".join(f"{row.get(k, float('nan')):9.4f}" for k in KEYS) + " |")
+    print(f"| {'real floor':<22} | {'':>5} | {'':>4} | " + " | ".join(f"{rows[0].get(k + '_floor', float('nan')):9.4f}" for k in KEYS) + " |")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Training loop: determinism and resume, the NaN guard, shapes; the stage with MLflow."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -393,3 +394,57 @@ def test_reconstruction_fraction_encodes_only_the_first_share_of_the_batch(image
     assert seen["decoder"].shape[0] == 6 and seen["discriminator"].shape[0] == 4 + 6
     assert torch.equal(seen["discriminator"][:4], real)
     assert torch.allclose(result["loss_pixel"], expected_pixel, atol=1e-6)
+
+
+@pytest.mark.parametrize("spectral_norm", [True, False])
+def test_a_multi_scale_discriminator_judges_each_scale_on_the_pooled_image(spectral_norm):
+    config = ModelConfig(image_size=32, latent_dim=8, base_channels=4, max_channels=16, feature_layer=1,
+                         spectral_norm=spectral_norm, discriminator_scales=3)
+    torch.manual_seed(0)
+    multi = Discriminator(config).eval()
+    images = torch.randn(5, 3, 32, 32)
+    logits, features = multi(images)
+    assert logits.shape == (5, 3) and features.shape == (5, 4, 16, 16)
+    # Column 0 is the full-resolution network alone; column k the k-th coarser one on the image
+    # average-pooled 2**k times (pooled here by a reshape, independently of the module).
+    single = Discriminator(dataclasses.replace(config, discriminator_scales=1)).eval()
+    single.load_state_dict({k: v for k, v in multi.state_dict().items() if not k.startswith("coarser.")})
+    alone_logits, alone_features = single(images)
+    assert torch.allclose(logits[:, 0], alone_logits) and torch.equal(features, alone_features)
+    for k in (1, 2):
+        side = 32 >> k
+        pooled = images.reshape(5, 3, side, 2**k, side, 2**k).mean(dim=(3, 5))
+        assert multi.coarser[k - 1].blocks[0][0].in_channels == 3
+        assert torch.allclose(logits[:, k], multi.coarser[k - 1](pooled)[0], atol=1e-6)
+    # The losses average the scales' losses (elementwise means over the (B, scales) logits).
+    per_scale = [losses.discriminator_loss(logits[:, k], -logits[:, k], "bce") for k in range(3)]
+    assert losses.discriminator_loss(logits, -logits, "bce").item() == pytest.approx(sum(per_scale).item() / 3)
+    # One scale adds no keys to the state dict (checkpoints from before the option load).
+    assert set(single.state_dict()) == {k for k in multi.state_dict() if not k.startswith("coarser.")}
+    assert not any("coarser" in k for k in single.state_dict())
+
+
+def test_discriminator_scales_must_leave_at_least_8x8():
+    with pytest.raises(ConfigError, match=r"train.discriminator_scales 3 would pool data.image_size 16 below 8x8; use 1..2"):
+        parse_params({"data": {"image_size": 16}, "train": {"discriminator_scales": 3}})
+    with pytest.raises(ValueError, match="discriminator_scales must be in 1..2 for image_size 16"):
+        Discriminator(ModelConfig(image_size=16, feature_layer=1, discriminator_scales=3))
+
+
+def test_every_scale_of_the_discriminator_trains_and_resumes(tmp_path, images):
+    params = tiny_params(discriminator_scales=2, spectral_norm=False)
+    before = _one_step(params, images)["discriminator"]
+    torch.manual_seed(0)
+    untouched = VaeGan.build(model_config(params.train, 16), params.train, torch.device("cpu")).discriminator.state_dict()
+    coarse_weights = [k for k in untouched if k.startswith("coarser.0.") and k.endswith("weight")]
+    assert coarse_weights and all(not torch.equal(before[k], untouched[k]) for k in coarse_weights)
+    train_images, val_images = images
+    straight = train(train_images, val_images, tiny_params(discriminator_scales=2, max_steps=3).train, 16, 1, tmp_path / "a.pt")
+    train(train_images, val_images, tiny_params(discriminator_scales=2, max_steps=1).train, 16, 1, tmp_path / "b.pt")
+    resumed = train(train_images, val_images, tiny_params(discriminator_scales=2, max_steps=3, resume=True).train, 16, 1, tmp_path / "b.pt")
+    assert straight.step == resumed.step == 3
+    a, b = _all_tensors(load_checkpoint(tmp_path / "a.pt")), _all_tensors(load_checkpoint(tmp_path / "b.pt"))
+    assert any(k.startswith("discriminator.coarser.") for k in a)
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    with pytest.raises(TrainingError, match="different model"):  # the scale count is part of the model
+        train(train_images, val_images, tiny_params(max_steps=4, resume=True).train, 16, 1, tmp_path / "b.pt")

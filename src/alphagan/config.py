@@ -137,6 +137,8 @@ class TrainParams(_Section):
     kl_warmup_steps: int = Field(500, ge=0)
     feature_weight: float = Field(100.0, ge=0)
     feature_layer: int = Field(1, ge=1)
+    # Discriminators: 1 full-resolution; each more adds one on the image pooled 2x further.
+    discriminator_scales: int = Field(1, ge=1)
     pixel_weight: float = Field(1.0, ge=0)
     adversarial_weight: float = Field(0.2, ge=0)
     ema_decay: float = Field(0.999, ge=0, lt=1)
@@ -197,6 +199,9 @@ class Params(_Section):
         if self.train.feature_layer > depth:
             raise ValueError(f"train.feature_layer {self.train.feature_layer} exceeds the discriminator's "
                              f"{depth} blocks at data.image_size {self.data.image_size}; use 1..{depth}")
+        if self.train.discriminator_scales > depth:
+            raise ValueError(f"train.discriminator_scales {self.train.discriminator_scales} would pool data.image_size "
+                             f"{self.data.image_size} below 8x8; use 1..{depth}")
         return self
 
     @property

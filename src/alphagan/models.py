@@ -10,9 +10,10 @@ Pure ``nn.Module``s configured by :class:`ModelConfig`; depth follows the image 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import spectral_norm as _spectral_norm
 
@@ -26,6 +27,7 @@ class ModelConfig:
     upsample: str = "transposed"  # "transposed" | "resize" (nearest upsample + 3x3 conv)
     spectral_norm: bool = True
     feature_layer: int = 3  # discriminator block (1-based) whose output is the similarity feature
+    discriminator_scales: int = 1  # 2+: more discriminators on the image average-pooled 2x, 4x, ...
 
     @property
     def depth(self) -> int:
@@ -97,6 +99,13 @@ class Discriminator(nn.Module):
     step feeds real and fake images as separate batches (``training.discriminate``).
     With spectral norm (Miyato et al. 2018) there is no batch norm: the Lipschitz bound
     steadies the game, and features stay a function of each image alone.
+
+    ``discriminator_scales`` > 1 adds one discriminator of the same design per further scale,
+    each on the image average-pooled 2x, 4x, ... (the multi-scale discriminator of Wang et al.
+    2018, pix2pixHD): a network that sees a 16x16 thumbnail judges the face's layout (where
+    hair, eyes and mouth sit), not its pixel texture. The logits are then (B, scales), one
+    column per scale, so the losses (elementwise means) average the scales' losses; the
+    similarity features come from the full-resolution network alone.
     """
 
     def __init__(self, config: ModelConfig):
@@ -117,6 +126,14 @@ class Discriminator(nn.Module):
         self.feature_layer = config.feature_layer
         self.has_batch_norm = not config.spectral_norm  # then real and fake batches must be fed apart
         self.classify = norm(nn.Linear(in_channels * 16, 1))
+        scales = config.discriminator_scales
+        if scales < 1 or config.image_size >> (scales - 1) < 8:
+            raise ValueError(f"discriminator_scales must be in 1..{config.depth} for image_size {config.image_size} "
+                             f"(the coarsest sees at least 8x8), got {scales}")
+        # Empty at one scale, so the default discriminator's state dict keeps its keys.
+        self.coarser = nn.ModuleList(
+            Discriminator(replace(config, image_size=config.image_size >> k, feature_layer=1, discriminator_scales=1))
+            for k in range(1, scales))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = images
@@ -125,7 +142,11 @@ class Discriminator(nn.Module):
             x = block(x)
             if index == self.feature_layer:
                 features = x
-        return self.classify(x.flatten(1)).squeeze(1), features
+        logits = self.classify(x.flatten(1)).squeeze(1)
+        if not self.coarser:
+            return logits, features
+        coarse_logits = [coarse(F.avg_pool2d(images, 2**k))[0] for k, coarse in enumerate(self.coarser, start=1)]
+        return torch.stack([logits, *coarse_logits], dim=1), features
 
 
 def init_weights(module: nn.Module) -> None:

@@ -79,7 +79,7 @@ def model_config(params: TrainParams, image_size: int) -> ModelConfig:
     return ModelConfig(
         image_size=image_size, latent_dim=params.latent_dim, base_channels=params.base_channels,
         max_channels=params.max_channels, upsample=params.upsample, spectral_norm=params.spectral_norm,
-        feature_layer=params.feature_layer,
+        feature_layer=params.feature_layer, discriminator_scales=params.discriminator_scales,
     )
 
 
@@ -231,7 +231,7 @@ def check_resume(checkpoint_path: Path, params: TrainParams, image_size: int, se
                             "set train.resume=false to start a new run")
     state = load_checkpoint(checkpoint_path)
     config = model_config(params, image_size)
-    if state["model_config"] != asdict(config):
+    if asdict(ModelConfig(**state["model_config"])) != asdict(config):  # fields added since: their defaults
         raise TrainingError(f"checkpoint {checkpoint_path} was made with a different model "
                             f"({state['model_config']}); set train.resume=false to start over")
     saved = state.get("hyperparameters") or {}
