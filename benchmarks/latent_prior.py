@@ -1,9 +1,12 @@
 """Benchmark: where a trained VAE-GAN's samples lose quality, in the prior or in the decoder.
 
 The decoder of one checkpoint (default: ``models/checkpoint.pt``, from ``dvc repro train``)
-draws from five sources of latent codes:
+draws from these sources of latent codes:
 
 - ``N(0, I)``: the prior it was trained with, what ``evaluate`` and ``alphagan sample`` draw;
+- ``temperature T``: N(0, T² I), the same codes as the prior's row scaled by T < 1
+  (reduced-temperature sampling, the smooth form of the truncation trick): fidelity bought
+  with variety, which recall and the classifier should show if it is paid;
 - ``fitted Gaussian``: one Gaussian fitted to the aggregate posterior (two draws
   z ~ q(z|x) per training image), its mean and full covariance;
 - ``mixture of K``: Gaussian mixtures (scikit-learn) fitted to the same draws, ex-post
@@ -12,13 +15,15 @@ draws from five sources of latent codes:
   trained it: a ceiling, and the closest of the five to copying the training set.
 
 Each set is scored like ``evaluate``: at equal counts against the val split, mean ± spread
-over random draws, beside the real-data floor, with the memorisation ratio (nearest
-training image against held-out real images). If the posterior scores far better than the
-prior, quality is lost in the holes of the prior; if a fitted density closes the gap, drawing
-from it is the cheap fix. Writes the grids side by side in one PNG. Prints a table (not a test).
+over random draws, beside the real-data floor, with the classifier two-sample test against
+the training images and the memorisation ratio (nearest training image against held-out real
+images). If the posterior scores far better than the prior, quality is lost in the holes of
+the prior; if a fitted density or a lower temperature closes the gap, drawing from it is the
+cheap fix. Writes the grids side by side in one PNG. Prints a table (not a test).
 
     python benchmarks/latent_prior.py [--checkpoint models/checkpoint.pt] [--prepared data/prepared]
-        [--samples 1000] [--components 10,50] [--draws 5] [--seed 0] [--out reports/latent_prior.png]
+        [--samples 1000] [--components 10,50] [--temperatures 0.8,0.6] [--draws 5] [--seed 0]
+        [--out reports/latent_prior.png]
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from alphagan.metrics.memorisation import memorisation_report
 from alphagan.plots import side_by_side
 from alphagan.training import load_generator, to_tensor
 
-SHOWN = ["swd_ratio", "fd_random", "precision_random", "recall_random"]
+SHOWN = ["swd_ratio", "c2st_accuracy", "fd_random", "precision_random", "recall_random"]
 HIGHER_IS_BETTER = {"precision_random", "recall_random"}
 
 
@@ -88,10 +93,18 @@ def main() -> None:
     parser.add_argument("--prepared", default="data/prepared", help="the folder with train.npy and val.npy")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--components", default="10,50", help="mixture sizes, comma-separated (empty: none)")
+    parser.add_argument("--temperatures", default="0.8,0.6",
+                        help="prior temperatures below 1, comma-separated (empty: none): codes from N(0, T² I)")
     parser.add_argument("--draws", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="reports/latent_prior.png", type=png_output)
     args = parser.parse_args()
+    try:
+        temperatures = [float(t) for t in args.temperatures.split(",") if t.strip()]
+    except ValueError:
+        parser.error(f"--temperatures: not a comma-separated list of numbers: {args.temperatures!r}")
+    if not all(0 < t < 1 for t in temperatures):
+        parser.error(f"--temperatures: each must lie between 0 and 1 (1 is the prior's row): {args.temperatures}")
     checkpoint, prepared = Path(args.checkpoint), Path(args.prepared)
     for needed, how in ((checkpoint, "dvc repro train"), (prepared / "train.npy", "dvc repro prepare"),
                         (prepared / "val.npy", "dvc repro prepare")):
@@ -107,11 +120,13 @@ def main() -> None:
     codes = posterior_draws(encoder, train_images, 2, args.seed)
     components = [int(k) for k in args.components.split(",") if k.strip()]
     generated = {"N(0, I) (the prior)": generate(decoder, args.samples, config.latent_dim, args.seed, 250, device)}
+    generated.update({f"temperature {t:g}": generate(decoder, args.samples, config.latent_dim, args.seed, 250, device, t)
+                      for t in temperatures})
     generated.update({name: decode(decoder, z) for name, z in fitted_sources(codes, components, args.samples, args.seed).items()})
     rows = np.sort(np.random.default_rng([args.seed, 1]).choice(len(train_images), min(len(train_images), args.samples),
                                                                 replace=False))
     generated["posterior (ceiling)"] = posterior_samples(encoder, decoder, train_images[rows], args.seed, 250, device)
-    scores = {name: quality_scores(val_images, images, train_images, args.seed, draws=args.draws)
+    scores = {name: quality_scores(val_images, images, train_images, args.seed, draws=args.draws, two_sample=True)
               for name, images in generated.items()}
     memo = {name: memorisation_report(images, train_images, val_images).ratio for name, images in generated.items()}
 
@@ -119,7 +134,9 @@ def main() -> None:
     print(f"\n{checkpoint}: {config.image_size} px, latent {config.latent_dim}; {machine}; load average {busy:.2f} at start")
     print(f"each metric: mean ± spread over {first['draws']} draws of {first['count']} images a side against the val split "
           f"({len(val_images)} images); floor = held-out real (train) images scored the same way; mixtures fitted to "
-          f"{len(codes)} codes (2 per training image)\n")
+          f"{len(codes)} codes (2 per training image)"
+          + (f"; c2st_accuracy: a classifier's held-out accuracy between the samples and {first['c2st_count']} training "
+             "images a side (0.5 = chance)" if "c2st_count" in first else "") + "\n")
     metrics = [m for m in SHOWN if m in first]
     header = "".join(f" {m + (' (validated)' if m in VALIDATED_METRICS else ''):>24} |" for m in metrics)
     print(f"| {'latent codes from':<24} |{header} {'memorisation':>12} |")

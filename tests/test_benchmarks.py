@@ -154,21 +154,30 @@ def test_latent_prior_benchmark_prints_its_table_and_writes_the_grids(real_faces
     out = tmp_path / "sheet.png"
     done = subprocess.run([sys.executable, "benchmarks/latent_prior.py", "--checkpoint", str(tmp_path / "checkpoint.pt"),
                            "--prepared", str(prepared), "--samples", "100", "--draws", "2", "--components", "2",
-                           "--out", str(out)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+                           "--temperatures", "0.5", "--out", str(out)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     rows = {line.split("|")[1].strip(): line for line in done.stdout.splitlines() if line.startswith("| ")}
-    assert set(rows) == {"latent codes from", "real images (floor)", "N(0, I) (the prior)", "fitted Gaussian",
-                         "mixture of 2 (full)", "posterior (ceiling)"}
-    assert "swd_ratio (validated)" in rows["latent codes from"]
+    assert set(rows) == {"latent codes from", "real images (floor)", "N(0, I) (the prior)", "temperature 0.5",
+                         "fitted Gaussian", "mixture of 2 (full)", "posterior (ceiling)"}
+    assert "swd_ratio (validated)" in rows["latent codes from"] and "c2st_accuracy" in rows["latent codes from"]
     floor_cells = rows["real images (floor)"].split("|")[2:-2]
     assert floor_cells[0].split()[0] == "1.0000"  # swd_ratio's floor is 1 by construction
-    for name in ("N(0, I) (the prior)", "posterior (ceiling)"):
+    for name in ("N(0, I) (the prior)", "temperature 0.5", "posterior (ceiling)"):
         assert all("±" in cell for cell in rows[name].split("|")[2:-2])
     assert "draws of 100 images a side against the val split (100 images)" in done.stdout
-    for metric in ("swd_ratio", "fd_random", "precision_random", "recall_random"):
+    assert "c2st_accuracy: a classifier's held-out accuracy between the samples and 100 training images a side" in done.stdout
+    for metric in ("swd_ratio", "c2st_accuracy", "fd_random", "precision_random", "recall_random"):
         assert f"{metric}: beyond both spreads better than N(0, I):" in done.stdout
     sheet = Image.open(out)
-    assert 3.5 * sheet.size[1] < sheet.size[0] < 4.5 * sheet.size[1]  # four grids side by side: prior, Gaussian, mixture, posterior
+    # five grids side by side: prior, temperature 0.5, Gaussian, mixture, posterior
+    assert 4.5 * sheet.size[1] < sheet.size[0] < 5.5 * sheet.size[1]
+
+
+@pytest.mark.parametrize("wrong", ["1.0", "0", "-0.5", "0.8,abc"])
+def test_latent_prior_refuses_a_temperature_outside_zero_to_one_before_any_work(wrong, tmp_path):
+    done = subprocess.run([sys.executable, "benchmarks/latent_prior.py", "--checkpoint", str(tmp_path / "none.pt"),
+                           "--temperatures", wrong], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--temperatures" in done.stderr and "missing" not in done.stderr, done.stderr
 
 
 def test_train_benchmark_counts_every_flop_of_a_step_once():

@@ -366,3 +366,26 @@ def test_a_set_scored_alongside_gets_exactly_the_scores_it_gets_alone(real_faces
     assert {key: together[key] for key in without} == without
     with pytest.raises(ValueError, match="taken"):
         evaluation.quality_scores(reference, first, real, seed=3, draws=2, also={"real": blurred})
+
+
+class _CodeAsImage(torch.nn.Module):
+    """A decoder whose 1x1 image is its latent code, a quarter as large: what it draws is the code."""
+
+    def forward(self, latent):
+        return (0.25 * latent)[:, :, None, None]
+
+
+def test_generate_at_a_lower_temperature_decodes_the_same_codes_scaled():
+    count, latent_dim, seed = 40, 6, 3
+    codes = torch.randn(count, latent_dim, generator=torch.Generator().manual_seed(seed))
+    device = torch.device("cpu")
+    at = {t: evaluation.generate(_CodeAsImage(), count, latent_dim, seed, count, device, t) for t in (1.0, 0.5)}
+    for temperature, images in at.items():
+        expected = evaluation.to_uint8((0.25 * temperature * codes)[:, :, None, None])
+        assert images.shape == (count, 1, 1, latent_dim) and np.array_equal(images, expected)
+    # Halving the codes pulls every pixel towards mid-grey (127.5): the spread halves.
+    assert at[0.5].astype(float).std() == pytest.approx(at[1.0].astype(float).std() / 2, rel=0.05)
+    assert np.array_equal(evaluation.generate(_CodeAsImage(), count, latent_dim, seed, count, device), at[1.0])
+    for wrong in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="temperature must be positive"):
+            evaluation.generate(_CodeAsImage(), count, latent_dim, seed, count, device, wrong)
