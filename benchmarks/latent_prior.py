@@ -12,7 +12,7 @@ draws from these sources of latent codes:
 - ``mixture of K``: Gaussian mixtures (scikit-learn) fitted to the same draws, ex-post
   density estimation after Ghosh et al. 2020, "From variational to deterministic autoencoders";
 - ``posterior``: one z ~ q(z|x) per training image, the decoder where reconstruction
-  trained it: a ceiling, and the closest of the five to copying the training set.
+  trained it: a ceiling, and the closest of these sources to copying the training set.
 
 Each set is scored like ``evaluate``: at equal counts against the val split, mean ± spread
 over random draws, beside the real-data floor, with the classifier two-sample test against

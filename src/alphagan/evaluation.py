@@ -104,9 +104,8 @@ def generate(decoder: nn.Module, count: int, latent_dim: int, seed: int, batch_s
     decoder = decoder.to(device).eval()
     chunks = []
     for start in range(0, count, batch_size):
-        latent = torch.randn(min(batch_size, count - start), latent_dim, generator=generator).to(device)
-        if temperature != 1.0:  # the default run's codes stay bit-identical
-            latent = latent * temperature
+        # Scaling by 1.0 is exact in floating point: the default run's codes stay bit-identical.
+        latent = temperature * torch.randn(min(batch_size, count - start), latent_dim, generator=generator).to(device)
         chunks.append(to_uint8(decoder(latent)))
     return np.concatenate(chunks)
 
