@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from alphagan import losses
 from alphagan.config import ConfigError, parse_params
 from alphagan.models import Decoder, Discriminator, Encoder, ModelConfig, reparameterize
-from alphagan.training import (TrainingDiverged, TrainingError, VaeGan, autocast_for, load_checkpoint, load_generator, model_config,
-                                plan_warnings, reconstruction_count, to_tensor, train, train_step, training_steps)
+from alphagan.training import (TrainingCallbacks, TrainingDiverged, TrainingError, VaeGan, autocast_for, load_checkpoint, load_generator,
+                                lr_scale, model_config, plan_warnings, reconstruction_count, to_tensor, train, train_step,
+                                training_steps)
 
 TINY_TRAIN = {"batch_size": 4, "latent_dim": 8, "base_channels": 8, "max_channels": 16, "feature_layer": 1,
               "log_every": 1, "checkpoint_every": 1, "grid_size": 4, "kl_warmup_steps": 2, "device": "cpu"}
@@ -83,6 +84,64 @@ def test_resume_gives_the_same_weights_as_straight_training(tmp_path, images):
     assert fresh.step == 1
     c = _all_tensors(load_checkpoint(tmp_path / "one.pt"))
     assert not torch.equal(a["decoder.project.0.weight"], c["decoder.project.0.weight"])
+
+
+def test_lr_scale_is_constant_then_a_straight_line_to_zero():
+    # 100 steps, the last quarter decays: 25 updates at 25/25, 24/25, ..., 1/25 of the full rate.
+    scales = [lr_scale(step, 100, 0.25) for step in range(100)]
+    assert scales[:76] == [1.0] * 76
+    assert scales[76:] == pytest.approx([(100 - step) / 25 for step in range(76, 100)])
+    assert scales[-1] == pytest.approx(0.04) and all(a > b for a, b in zip(scales[75:], scales[76:]))
+    assert {lr_scale(step, 100, 0.0) for step in range(100)} == {1.0}
+    assert lr_scale(0, 100, 1.0) == 1.0 and lr_scale(50, 100, 1.0) == pytest.approx(0.5)
+
+
+class _LearningRates(TrainingCallbacks):
+    def __init__(self):
+        self.seen = {}
+
+    def on_metrics(self, step, metrics):
+        self.seen[step] = (metrics["train/lr_vae"], metrics["train/lr_discriminator"])
+
+
+def test_learning_rates_decay_over_the_tail_and_resume_bit_exact(tmp_path, images):
+    train_images, val_images = images
+    params = tiny_params(max_steps=4, lr_decay_fraction=0.5, lr=1e-3, lr_discriminator=4e-4).train
+    rates = _LearningRates()
+    train(train_images, val_images, params, 16, 3, tmp_path / "decayed.pt", callbacks=rates)
+    # Steps 1-4 logged after their update; the last two updates ran at 2/2 and 1/2 of the rate.
+    assert rates.seen == {1: (1e-3, 4e-4), 2: (1e-3, 4e-4), 3: (1e-3, 4e-4), 4: (5e-4, 2e-4)}
+    # The optimiser really used it: the same run at constant rates ends with other weights.
+    train(train_images, val_images, tiny_params(max_steps=4, lr=1e-3, lr_discriminator=4e-4).train, 16, 3, tmp_path / "constant.pt")
+    decayed, constant = _all_tensors(load_checkpoint(tmp_path / "decayed.pt")), _all_tensors(load_checkpoint(tmp_path / "constant.pt"))
+    assert not torch.equal(decayed["decoder.project.0.weight"], constant["decoder.project.0.weight"])
+
+
+class _Interrupt(TrainingCallbacks):
+    """Stops the run after ``at`` updates, before that step's checkpoint (as a kill would)."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def on_step(self, step, model):
+        if step == self.at:
+            raise KeyboardInterrupt
+
+
+def test_a_run_killed_mid_decay_resumes_to_the_same_bits(tmp_path, images):
+    # The whole run decays (scales 1, 3/4, 1/2, 1/4); killed after 3 updates it restarts from the
+    # checkpoint of step 2, so steps 3 and 4 rerun from the schedule alone.
+    train_images, val_images = images
+    params = tiny_params(max_steps=4, lr_decay_fraction=1.0)
+    rates = _LearningRates()
+    train(train_images, val_images, params.train, 16, 3, tmp_path / "straight.pt", callbacks=rates)
+    assert [rates.seen[step][0] for step in (1, 2, 3, 4)] == pytest.approx([5e-4 * f for f in (1, 0.75, 0.5, 0.25)])
+    with pytest.raises(KeyboardInterrupt):
+        train(train_images, val_images, params.train, 16, 3, tmp_path / "resumed.pt", callbacks=_Interrupt(3))
+    assert load_checkpoint(tmp_path / "resumed.pt")["step"] == 2
+    train(train_images, val_images, params.train.model_copy(update={"resume": True}), 16, 3, tmp_path / "resumed.pt")
+    straight, resumed = _all_tensors(load_checkpoint(tmp_path / "straight.pt")), _all_tensors(load_checkpoint(tmp_path / "resumed.pt"))
+    assert [k for k in straight if not torch.equal(straight[k], resumed[k])] == []
 
 
 def _one_step(params, images):

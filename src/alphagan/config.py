@@ -121,6 +121,9 @@ class TrainParams(_Section):
     nproc: int = Field(1, ge=1)
     lr: float = Field(5e-4, gt=0, le=1)
     lr_discriminator: float = Field(5e-4, gt=0, le=1)
+    # Share of the run, at its end, over which both learning rates fall linearly towards zero
+    # (0 = constant learning rates; the schedule follows the planned length, see training.lr_scale).
+    lr_decay_fraction: float = Field(0.0, ge=0, le=1)
     beta1: float = Field(0.5, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
     latent_dim: int = Field(128, ge=1)

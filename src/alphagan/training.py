@@ -171,6 +171,30 @@ class VaeGan:
         return self.ema_decoder.module
 
 
+def lr_scale(step: int, total_steps: int, decay_fraction: float) -> float:
+    """The factor on both learning rates for the update that ``step`` (from 0) is about to make.
+
+    1 until the last ``decay_fraction`` of ``total_steps``, then a straight line to zero:
+    min(1, (total_steps - step) / (decay_fraction * total_steps)), so the last update still
+    moves (by 1 / (decay_fraction * total_steps) of the full rate). Why: the two players of a
+    GAN trained at a constant rate keep circling each other (this project's discriminator
+    loss swings between 0.2 and 2.2 to the end of the default run), and a step size that
+    shrinks to zero lets the last stretch settle instead (the linear tail of pix2pix and
+    CycleGAN). A pure function of the step, so resuming needs no saved schedule and stays
+    bit-exact; a resume that changes the length (``epochs``, ``kimg``) moves the tail with it.
+    """
+    if decay_fraction <= 0:
+        return 1.0
+    return min(1.0, (total_steps - step) / (decay_fraction * total_steps))
+
+
+def set_lr_scale(model: VaeGan, params: TrainParams, scale: float) -> None:
+    """Both optimisers' learning rates to their configured values times ``scale``."""
+    for optimizer, base in ((model.optimizer_vae, params.lr), (model.optimizer_discriminator, params.lr_discriminator)):
+        for group in optimizer.param_groups:
+            group["lr"] = base * scale
+
+
 #: Train params that may change when resuming: how long, where, and how often to report.
 #: Any other change (learning rates, loss weights, batch size, architecture, seed) is refused.
 #: ``nproc`` may change too: the global batch, and so the maths, stay the same (only the noise
@@ -504,6 +528,8 @@ def train(
     """Train (or resume) the VAE-GAN on uint8 NHWC arrays; writes ``checkpoint_path``.
 
     ``max_seconds`` (0 = off) stops after that much wall time, for equal-time comparisons.
+    The learning rates' tail (``train.lr_decay_fraction``, :func:`lr_scale`) follows the planned
+    length, so a ``max_seconds`` stop cuts it short.
 
     With ``distributed`` (this process is one rank of a data-parallel run, from
     :func:`alphagan.distributed.start`), ``params.batch_size`` is the global batch: each
@@ -579,6 +605,7 @@ def train(
             # The order of epoch e depends only on (seed, e): resuming mid-epoch needs no saved state.
             order_epoch, order = epoch, np.random.default_rng([seed, epoch]).permutation(count)
         rows = order[offset * batch_size:(offset + 1) * batch_size]
+        set_lr_scale(model, params, lr_scale(step, total_steps, params.lr_decay_fraction))
         if distributed:
             rows = distributed.shard(rows)
             torch.manual_seed(distributed.step_seed(seed, step))  # DiffAugment draws from it too
