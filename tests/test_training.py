@@ -104,7 +104,7 @@ class _LearningRates(TrainingCallbacks):
         self.seen[step] = (metrics["train/lr_vae"], metrics["train/lr_discriminator"])
 
 
-def test_learning_rates_decay_over_the_tail_and_resume_bit_exact(tmp_path, images):
+def test_learning_rates_decay_over_the_tail_and_reach_the_optimiser(tmp_path, images):
     train_images, val_images = images
     params = tiny_params(max_steps=4, lr_decay_fraction=0.5, lr=1e-3, lr_discriminator=4e-4).train
     rates = _LearningRates()
