@@ -25,6 +25,8 @@ def test_repo_params_load_with_their_values():
         ({"prepare": {"background": [0, 0, 300]}}, ["prepare", "0..255"]),
         ({"train": {"lr_decay_fraction": 1.5}}, ["train.lr_decay_fraction = 1.5", "less than or equal to 1"]),
         ({"train": {"lr_decay_fraction": -0.1}}, ["train.lr_decay_fraction = -0.1", "greater than or equal to 0"]),
+        ({"train": {"decoder_channels": -8}}, ["train.decoder_channels = -8", "greater than or equal to 0"]),
+        ({"train": {"discriminator_channels": 2.5}}, ["train.discriminator_channels = 2.5", "integer"]),
     ],
 )
 def test_bad_params_name_key_value_and_allowed(raw, expected):

@@ -507,3 +507,49 @@ def test_every_scale_of_the_discriminator_trains_and_resumes(tmp_path, images):
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
     with pytest.raises(TrainingError, match="different model"):  # the scale count is part of the model
         train(train_images, val_images, tiny_params(max_steps=4, resume=True).train, 16, 1, tmp_path / "b.pt")
+
+
+def test_decoder_and_discriminator_widths_change_their_own_network_alone():
+    narrow = ModelConfig(image_size=32, latent_dim=8, base_channels=4, max_channels=64, feature_layer=1)
+    assert narrow.decoder_widths() == narrow.discriminator_widths() == narrow.widths() == [4, 8, 16]
+    shapes = lambda network, config: [p.shape for p in network(config).parameters()]  # noqa: E731
+
+    wide_decoder = dataclasses.replace(narrow, decoder_channels=8)
+    assert wide_decoder.decoder_widths() == [8, 16, 32] and wide_decoder.widths() == [4, 8, 16]
+    assert dataclasses.replace(narrow, decoder_channels=32).decoder_widths() == [32, 64, 64]  # capped by max_channels
+    decoder = Decoder(wide_decoder)
+    convs = [m for m in decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert decoder.project[0].weight.shape == (32 * 16, 8)
+    assert [tuple(c.weight.shape[:2]) for c in convs] == [(32, 16), (16, 8), (8, 3)]
+    assert decoder(torch.randn(2, 8)).shape == (2, 3, 32, 32)
+    assert shapes(Encoder, wide_decoder) == shapes(Encoder, narrow)
+    assert shapes(Discriminator, wide_decoder) == shapes(Discriminator, narrow)
+
+    wide_discriminator = dataclasses.replace(narrow, discriminator_channels=8, discriminator_scales=2)
+    discriminator = Discriminator(wide_discriminator)
+    convs = [m for m in discriminator.blocks.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [tuple(c.weight.shape[:2]) for c in convs] == [(8, 3), (16, 8), (32, 16)]
+    assert discriminator.classify.weight.shape == (1, 32 * 16)
+    assert discriminator.coarser[0].classify.weight.shape == (1, 16 * 16)  # every scale is widened: 8 -> 16 at 16 px
+    logits, features = discriminator(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 2) and features.shape == (2, 8, 16, 16)  # the similarity features widen with it
+    assert shapes(Encoder, wide_discriminator) == shapes(Encoder, narrow)
+    assert shapes(Decoder, wide_discriminator) == shapes(Decoder, narrow)
+
+
+def test_wider_networks_train_reload_and_are_part_of_the_model(tmp_path, images):
+    widths = {"max_channels": 32, "decoder_channels": 16, "discriminator_channels": 4}
+    train(*images, tiny_params(max_steps=2, **widths).train, 16, 0, tmp_path / "c.pt")
+    state = load_checkpoint(tmp_path / "c.pt")
+    assert state["models"]["discriminator"]["blocks.0.0.weight"].shape == (4, 3, 4, 4)
+    decoder, encoder, config = load_generator(tmp_path / "c.pt")
+    assert (config.decoder_channels, config.discriminator_channels) == (16, 4)
+    assert decoder.project[0].weight.shape == (32 * 16, 8)
+    assert encoder.to_moments.weight.shape == (16, 16 * 16)  # base width 8: 8 -> 16 channels at 4x4
+    with torch.no_grad():
+        assert decoder(torch.randn(3, 8)).shape == (3, 3, 16, 16)
+    for changed in ({"decoder_channels": 0}, {"discriminator_channels": 0}):
+        with pytest.raises(TrainingError, match="different model"):
+            train(*images, tiny_params(max_steps=3, resume=True, **{**widths, **changed}).train, 16, 0, tmp_path / "c.pt")
+    resumed = train(*images, tiny_params(max_steps=3, resume=True, **widths).train, 16, 0, tmp_path / "c.pt")
+    assert resumed.step == 3

@@ -129,6 +129,10 @@ class TrainParams(_Section):
     latent_dim: int = Field(128, ge=1)
     base_channels: int = Field(32, ge=1)
     max_channels: int = Field(256, ge=1)
+    # The decoder's (generator's) and the discriminator's base widths; 0 = base_channels (the
+    # encoder's). Each network's capacity can then be changed without the others'.
+    decoder_channels: int = Field(0, ge=0)
+    discriminator_channels: int = Field(0, ge=0)
     upsample: Literal["transposed", "resize"] = "transposed"
     adversarial_loss: Literal["bce", "hinge"] = "bce"
     gradient_routing: Literal["larsen", "shared"] = "shared"

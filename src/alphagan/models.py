@@ -4,7 +4,8 @@ a discriminator whose intermediate features measure reconstruction.
 
 Pure ``nn.Module``s configured by :class:`ModelConfig`; depth follows the image size
 (one stride-2 stage per halving from ``image_size`` down to 4x4). Channel widths go
-``base_channels, 2x, 4x, ...`` capped at ``max_channels``, DCGAN style.
+``base_channels, 2x, 4x, ...`` capped at ``max_channels``, DCGAN style; ``decoder_channels``
+and ``discriminator_channels`` start the decoder's and the discriminator's from another base.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class ModelConfig:
     latent_dim: int = 128
     base_channels: int = 32
     max_channels: int = 256
+    decoder_channels: int = 0  # the decoder's base width; 0 = base_channels (the same widths as the encoder's)
+    discriminator_channels: int = 0  # the discriminator's base width; 0 = base_channels
     upsample: str = "transposed"  # "transposed" | "resize" (nearest upsample + 3x3 conv)
     spectral_norm: bool = True
     feature_layer: int = 3  # discriminator block (1-based) whose output is the similarity feature
@@ -37,9 +40,20 @@ class ModelConfig:
             raise ValueError(f"image_size must be a power of two >= 8, got {self.image_size}")
         return depth
 
-    def widths(self) -> list[int]:
-        """Channels after each downsampling stage (image side)."""
-        return [min(self.base_channels * 2**i, self.max_channels) for i in range(self.depth)]
+    def widths(self, base: int = 0) -> list[int]:
+        """Channels after each downsampling stage (image side), from ``base`` (default
+        ``base_channels``: the encoder's), doubling per stage up to ``max_channels``."""
+        base = base or self.base_channels
+        return [min(base * 2**i, self.max_channels) for i in range(self.depth)]
+
+    def decoder_widths(self) -> list[int]:
+        """The decoder's channels, image side first: from ``decoder_channels`` when it is set,
+        so the generator can be wider or narrower than the networks it is trained with."""
+        return self.widths(self.decoder_channels)
+
+    def discriminator_widths(self) -> list[int]:
+        """The discriminator's channels: from ``discriminator_channels`` when it is set."""
+        return self.widths(self.discriminator_channels)
 
 
 class Encoder(nn.Module):
@@ -68,7 +82,7 @@ class Decoder(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        widths = config.widths()[::-1]  # bottleneck first
+        widths = config.decoder_widths()[::-1]  # bottleneck first
         self.bottleneck_channels = widths[0]
         self.project = nn.Sequential(
             nn.Linear(config.latent_dim, widths[0] * 16, bias=False),
@@ -115,7 +129,7 @@ class Discriminator(nn.Module):
         norm = _spectral_norm if config.spectral_norm else (lambda module: module)
         blocks = []
         in_channels = 3
-        for i, width in enumerate(config.widths()):
+        for i, width in enumerate(config.discriminator_widths()):
             block: list[nn.Module] = [norm(nn.Conv2d(in_channels, width, 4, 2, 1))]
             if not config.spectral_norm and i > 0:
                 block += [nn.BatchNorm2d(width)]

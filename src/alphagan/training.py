@@ -80,6 +80,7 @@ def model_config(params: TrainParams, image_size: int) -> ModelConfig:
         image_size=image_size, latent_dim=params.latent_dim, base_channels=params.base_channels,
         max_channels=params.max_channels, upsample=params.upsample, spectral_norm=params.spectral_norm,
         feature_layer=params.feature_layer, discriminator_scales=params.discriminator_scales,
+        decoder_channels=params.decoder_channels, discriminator_channels=params.discriminator_channels,
     )
 
 
