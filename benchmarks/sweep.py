@@ -113,11 +113,13 @@ def print_table(rows: list[dict]) -> None:
         row["swd_ratio"] = band_ratio(row)
         row.setdefault("swd_ratio_floor", 1.0)
     print(f"\n{len(rows)} entries; mean of {rows[0]['draws']} draws of {rows[0]['count']} images a side\n")
-    print(f"| {'entry':<22} | {'steps':>5} | {'seed':>4} | " + " | ".join(f"{k:>9}" for k in KEYS) + " |")
+    # train_seconds: each entry's own wall time, in the layout it ran in (processes per core).
+    print(f"| {'entry':<22} | {'steps':>5} | {'seed':>4} | {'train s':>7} | " + " | ".join(f"{k:>9}" for k in KEYS) + " |")
     for row in rows:
-        print(f"| {row['name']:<22} | {row['steps']:>5} | {row.get('seed', 0):>4} | " + " | ".join(f"{row.get(k, float('nan')):9.4f}" for k in KEYS) + " |")
-    print(f"| {'real floor':<22} | {'':>5} | {'':>4} | " + " | ".join(f"{rows[0].get(k + '_floor', float('nan')):9.4f}" for k in KEYS) + " |")
-
+        print(f"| {row['name']:<22} | {row['steps']:>5} | {row.get('seed', 0):>4} | {row.get('train_seconds', float('nan')):7.0f} | "
+              + " | ".join(f"{row.get(k, float('nan')):9.4f}" for k in KEYS) + " |")
+    print(f"| {'real floor':<22} | {'':>5} | {'':>4} | {'':>7} | "
+          + " | ".join(f"{rows[0].get(k + '_floor', float('nan')):9.4f}" for k in KEYS) + " |")
 
 if __name__ == "__main__":
     main()
