@@ -121,5 +121,6 @@ def print_table(rows: list[dict]) -> None:
     print(f"| {'real floor':<22} | {'':>5} | {'':>4} | {'':>7} | "
           + " | ".join(f"{rows[0].get(k + '_floor', float('nan')):9.4f}" for k in KEYS) + " |")
 
+
 if __name__ == "__main__":
     main()
